@@ -1,0 +1,54 @@
+"""Shared test helpers.
+
+Every version folder has modules with the same names (train, debug_tools,
+metrics, ...). `load_version` imports one version's `train.py` in isolation:
+it puts the folder first on sys.path and forgets any previously imported module
+of the same name, so two versions never see each other's code.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+VERSION_MODULES = ("train", "main", "debug_tools", "metrics", "visualization", "scripts")
+
+
+def _forget_version_modules():
+    for name in list(sys.modules):
+        if name.split(".")[0] in VERSION_MODULES:
+            del sys.modules[name]
+
+
+def load_version(folder: str | Path, module: str = "train"):
+    """Import `module` from a version folder (e.g. 'fashionmnist/v10-step2')."""
+    folder = (REPO_ROOT / folder).resolve()
+    _forget_version_modules()
+    sys.path[:] = [p for p in sys.path if not _is_version_dir(p)]
+    sys.path.insert(0, str(folder))
+    return importlib.import_module(module)
+
+
+def _is_version_dir(path: str) -> bool:
+    p = Path(path).resolve() if path else None
+    return p is not None and p.parent.parent == REPO_ROOT and p.parent.name in {"fashionmnist", "imagenette", "cifar100"}
+
+
+@pytest.fixture(autouse=True)
+def _isolate_versions():
+    """Each test starts and ends without any version module imported."""
+    saved = list(sys.path)
+    yield
+    _forget_version_modules()
+    sys.path[:] = saved
+
+
+@pytest.fixture(autouse=True)
+def _headless_plots(monkeypatch):
+    monkeypatch.setenv("MPLBACKEND", "Agg")
