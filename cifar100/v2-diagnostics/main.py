@@ -1,0 +1,295 @@
+"""CIFAR-100 with ResNet18: the training entry point of seed 004's code base.
+
+    python main.py --dataset cifar100 --device cuda --batch_size 512 --num_epochs 120
+
+Writes into --out (default: results/ beside this file): history.jsonl (one
+line per epoch), results.json, curves.png and best_model.pth, and the
+diagnostics of seed 004 into $DIAGNOSTICS_DIR, else <out>/diagnostics/:
+train_diagnostics.jsonl and val_diagnostics.jsonl, one JSON object per epoch.
+Analyse them with `python -m scripts.analyze_diagnostics` (DIAGNOSTICS.md).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+from torch.utils.data import DataLoader
+
+from scripts.data import DataNotFoundError, load_cifar100, subset
+from scripts.plots import plot_history
+from scripts.train_utils import SCHEDULERS, ResNet18, build_datasets, define_loss_and_optimizer, evaluate, train_one_epoch
+
+# ---- configuration: every constant has a command-line flag of the same name ----
+VERSION = Path(__file__).resolve().parent.name
+DATASET = "cifar100"  # the only choice; the flag exists because the seed's command passes it
+DEVICE = "auto"  # auto = cuda if available, then mps, then cpu
+BATCH_SIZE = 512
+NUM_EPOCHS = 120
+LR = 0.1  # SGD with Nesterov momentum; 0.1 is the classic CIFAR ResNet value
+MOMENTUM = 0.9
+WEIGHT_DECAY = 5e-4
+LABEL_SMOOTHING = 0.1
+RANDAUGMENT_MAGNITUDE = 11  # out of 30; 9-11 is typical for CIFAR
+GRAD_CLIP = 1.0  # max total gradient norm
+SCHEDULER = "cosine"  # cosine, onecycle or plateau (v1's ReduceLROnPlateau)
+PATIENCE = 3  # --scheduler plateau: epochs without val-loss improvement before LR / 10
+VAL_FRACTION = 0.1  # of the training images, carved out with a fixed seed
+WIDTH = 64  # channels of the first ResNet stage (64 = ResNet18); tests use 8 for speed
+SEED = 0
+AMP = True  # autocast to float16 on GPUs plus GradScaler (the scaler runs on every device)
+NUM_WORKERS = None  # None: one per CPU core (up to 12), 0 with --quick
+OUT = Path(__file__).resolve().parent / "results"
+# The diagnostics files of seed 004 and their keys (DIAGNOSTICS.md explains each).
+TRAIN_DIAGNOSTICS = ("epoch", "loss", "accuracy", "learning_rate", "mean_grad_norm", "min_grad_norm", "max_grad_norm",
+                     "weight_update_norm", "num_batches")
+VAL_DIAGNOSTICS = ("epoch", "loss", "accuracy", "learning_rate", "num_batches")
+QUICK_TRAIN, QUICK_TEST, QUICK_EPOCHS, QUICK_BATCH = 320, 100, 2, 32  # --quick: seconds on a CPU
+
+
+class UsageError(Exception):
+    """A configuration that cannot run; the message says why."""
+
+
+class TrainingDiverged(Exception):
+    """The loss became NaN or infinite."""
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", choices=["cifar100"], default=DATASET)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default=DEVICE)
+    p.add_argument("--batch_size", type=int, default=BATCH_SIZE)
+    p.add_argument("--num_epochs", type=int, default=NUM_EPOCHS)
+    p.add_argument("--lr", type=float, default=LR)
+    p.add_argument("--momentum", type=float, default=MOMENTUM)
+    p.add_argument("--weight_decay", type=float, default=WEIGHT_DECAY)
+    p.add_argument("--label_smoothing", type=float, default=LABEL_SMOOTHING)
+    p.add_argument("--randaugment_magnitude", type=int, default=RANDAUGMENT_MAGNITUDE)
+    p.add_argument("--grad_clip", type=float, default=GRAD_CLIP)
+    p.add_argument("--scheduler", choices=SCHEDULERS, default=SCHEDULER)
+    p.add_argument("--patience", type=int, default=PATIENCE)
+    p.add_argument("--val_fraction", type=float, default=VAL_FRACTION)
+    p.add_argument("--width", type=int, default=WIDTH)
+    p.add_argument("--seed", type=int, default=SEED)
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=AMP)
+    p.add_argument("--num_workers", type=int, default=NUM_WORKERS)
+    p.add_argument("--data-dir", dest="data_dir", default=None, help="image folder with train/<class>/ and test/<class>/")
+    p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--quick", action="store_true", help=f"{QUICK_TRAIN} training images, {QUICK_EPOCHS} epochs, batch {QUICK_BATCH}")
+    args = p.parse_args(argv)
+    for name in ("batch_size", "num_epochs", "width"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name} must be at least 1")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        p.error("--lr must be a positive number")
+    if not 0 < args.val_fraction < 1:
+        p.error("--val_fraction must lie between 0 and 1")
+    if args.quick:
+        args.num_epochs, args.batch_size = min(args.num_epochs, QUICK_EPOCHS), min(args.batch_size, QUICK_BATCH)
+    if args.num_workers is None:
+        args.num_workers = 0 if args.quick else min(12, os.cpu_count() or 1)
+    return args
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda was requested but no CUDA GPU is visible (try --device cpu).")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise UsageError("--device mps was requested but MPS is not available (try --device cpu).")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def prepare_out(out: Path) -> Path:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write_test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise UsageError(f"Cannot write into the output folder {out}: {err}") from None
+    return out
+
+
+def make_loaders(train_ds, val_ds, test_ds, args, device):
+    common = dict(num_workers=args.num_workers, pin_memory=device.type == "cuda", persistent_workers=args.num_workers > 0)
+    # drop_last: a last batch of one image would break BatchNorm, and equal
+    # batches make the per-step gradient norms comparable.
+    train_loader = DataLoader(train_ds, batch_size=args.batch_size, shuffle=True, drop_last=True,
+                              generator=torch.Generator().manual_seed(args.seed), **common)
+    if len(train_loader) == 0:
+        raise UsageError(f"{len(train_ds)} training images are fewer than one batch of {args.batch_size}; lower --batch_size.")
+    val_loader = DataLoader(val_ds, batch_size=args.batch_size, **common)
+    test_loader = DataLoader(test_ds, batch_size=args.batch_size, **common)
+    return train_loader, val_loader, test_loader
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    wall_start = time.perf_counter()
+    device = pick_device(args.device)
+    out = prepare_out(args.out)
+    seed_everything(args.seed)
+    # Autocast to float16 is what makes AMP fast on GPUs. On CPUs without
+    # bfloat16 units, autocast is several times *slower* than float32, so it
+    # stays off there; GradScaler still scales, unscales and checks the
+    # gradients, so the code path whose order matters is the same everywhere.
+    use_autocast = args.amp and device.type in ("cuda", "mps")
+    # Every batch has the same shape, so cuDNN's one-time search for the fastest
+    # convolution algorithms pays off (at the price of bit-exact GPU reruns).
+    torch.backends.cudnn.benchmark = device.type == "cuda"
+    scaler = torch.amp.GradScaler(device.type, enabled=args.amp)
+
+    print(f"[{VERSION}] loading CIFAR-100 ...", flush=True)
+    data = load_cifar100(args.data_dir)
+    if args.quick:
+        data = subset(data, QUICK_TRAIN, QUICK_TEST, seed=args.seed)
+    train_ds, val_ds, test_ds = build_datasets(data, args.val_fraction, args.randaugment_magnitude)
+    train_loader, val_loader, test_loader = make_loaders(train_ds, val_ds, test_ds, args, device)
+    print(f"[{VERSION}] {data.source}: {len(data.classes)} classes, train {len(train_ds)}, val {len(val_ds)}, test {len(test_ds)}; device {device}")
+
+    model = ResNet18(num_classes=len(data.classes), width=args.width).to(device)
+    criterion, optimizer, scheduler = define_loss_and_optimizer(
+        model, args.lr, args.momentum, args.weight_decay, args.label_smoothing, args.patience,
+        args.scheduler, args.num_epochs, len(train_loader))
+    diagnostics = diagnostics_dir(out)
+
+    history: list[dict] = []
+    history_path, checkpoint_path = out / "history.jsonl", out / "best_model.pth"
+    history_path.write_text("")
+    for name in ("train_diagnostics.jsonl", "val_diagnostics.jsonl"):
+        (diagnostics / name).write_text("")
+    checkpoint_path.unlink(missing_ok=True)  # never test a stale checkpoint of an earlier run
+    results = {
+        "version": VERSION, "status": "running", "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "seed": args.seed, "torch_version": torch.__version__, "torchvision_version": torchvision.__version__,
+        "python_version": platform.python_version(), "device": str(device), "device_name": device_name(device),
+        "amp": {"autocast_float16": use_autocast, "grad_scaler": args.amp},
+        "data": {"source": data.source, "num_classes": len(data.classes), "train": len(train_ds), "val": len(val_ds), "test": len(test_ds)},
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+        "history_file": str(history_path), "curves_png": str(out / "curves.png"), "diagnostics_dir": str(diagnostics),
+    }
+    best_val = -1.0
+    try:
+        for epoch in range(1, args.num_epochs + 1):
+            train = train_one_epoch(model, train_loader, criterion, optimizer, scaler, device, use_autocast, args.grad_clip,
+                                    desc=f"epoch {epoch}/{args.num_epochs}",
+                                    batch_scheduler=scheduler if args.scheduler == "onecycle" else None)
+            val = evaluate(model, val_loader, criterion, device, use_autocast, desc="val")
+            record = {"epoch": epoch, **{k: train[k] for k in ("loss", "accuracy", "learning_rate", "mean_grad_norm",
+                                                               "min_grad_norm", "max_grad_norm", "weight_update_norm", "num_batches")},
+                      "val_loss": val["loss"], "val_accuracy": val["accuracy"],
+                      "epoch_time_s": train["seconds"], "images_per_second": train["images"] / train["seconds"]}
+            history.append(record)
+            with open(history_path, "a") as f:
+                f.write(json_line(record))
+            write_diagnostics(diagnostics, record, val)
+            if not (math.isfinite(train["loss"]) and math.isfinite(val["loss"])):
+                raise TrainingDiverged(
+                    f"the loss became {train['loss']} (val {val['loss']}) in epoch {epoch}. Gradient norms this epoch: "
+                    f"mean {record['mean_grad_norm']}, max {record['max_grad_norm']}. Lower --lr, check the data for "
+                    f"NaN/inf, or run with --no-amp to rule out float16 overflow. The best checkpoint so far is kept.")
+            if args.scheduler == "plateau":
+                scheduler.step(val["loss"])
+            elif args.scheduler == "cosine":
+                scheduler.step()
+            print(f"[{VERSION}] epoch {epoch:3d}  loss {train['loss']:.4f}  acc {train['accuracy']:5.2f}%  "
+                  f"val_loss {val['loss']:.4f}  val_acc {val['accuracy']:5.2f}%  lr {train['learning_rate']:.2e}  "
+                  f"grad_norm {record['mean_grad_norm']}  {record['images_per_second']:.0f} img/s", flush=True)
+            if val["accuracy"] > best_val:
+                best_val = val["accuracy"]
+                torch.save(model.state_dict(), checkpoint_path)
+                results.update(best_val_accuracy=best_val, best_epoch=epoch)
+    except (KeyboardInterrupt, TrainingDiverged) as stop:
+        results["status"] = "interrupted" if isinstance(stop, KeyboardInterrupt) else "diverged"
+        finish(results, history, out, wall_start)
+        raise
+
+    model.load_state_dict(torch.load(checkpoint_path, map_location=device, weights_only=True))
+    test = evaluate(model, test_loader, criterion, device, use_autocast, desc="test")
+    results.update(status="completed", test_loss=test["loss"], test_accuracy=test["accuracy"])
+    finish(results, history, out, wall_start)
+    print(f"[{VERSION}] best val_acc {best_val:.2f}% (epoch {results['best_epoch']}), test_acc {test['accuracy']:.2f}% "
+          f"with the best checkpoint; outputs in {out}")
+    return results
+
+
+def diagnostics_dir(out: Path) -> Path:
+    """$DIAGNOSTICS_DIR if set (seed 004), else <out>/diagnostics, so that one --out folder holds the whole run."""
+    folder = Path(os.environ["DIAGNOSTICS_DIR"]) if os.environ.get("DIAGNOSTICS_DIR") else out / "diagnostics"
+    return prepare_out(folder)
+
+
+def write_diagnostics(folder: Path, record: dict, val: dict) -> None:
+    """Append this epoch to train_diagnostics.jsonl and val_diagnostics.jsonl."""
+    val = {**val, "epoch": record["epoch"], "learning_rate": record["learning_rate"]}
+    with open(folder / "train_diagnostics.jsonl", "a") as f:
+        f.write(json_line({k: record[k] for k in TRAIN_DIAGNOSTICS}))
+    with open(folder / "val_diagnostics.jsonl", "a") as f:
+        f.write(json_line({k: val[k] for k in VAL_DIAGNOSTICS}))
+
+
+def finite_or_none(record: dict) -> dict:
+    """NaN/inf become None (null), because NaN is not JSON and jq rejects it."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
+
+
+def json_line(record: dict) -> str:
+    return json.dumps(finite_or_none(record)) + "\n"
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine()
+
+
+def finish(results: dict, history: list[dict], out: Path, wall_start: float) -> None:
+    """Final numbers, timing and the curves; called on success, Ctrl-C and divergence alike."""
+    train_seconds = sum(r["epoch_time_s"] for r in history)
+    results.update(
+        epochs_completed=len(history),
+        final=finite_or_none({k: history[-1][k] for k in ("loss", "accuracy", "val_loss", "val_accuracy")}) if history else None,
+        wall_time_s=time.perf_counter() - wall_start, train_time_s=train_seconds,
+        images_per_second=sum(r["num_batches"] for r in history) * results["config"]["batch_size"] / train_seconds if history else None,
+    )
+    if history:
+        plot_history(history, out / "curves.png", f"{VERSION}: {results['status']} after {len(history)} epochs")
+    (out / "results.json").write_text(json.dumps(results, indent=2, allow_nan=False, default=str) + "\n")
+
+
+def cli(argv=None) -> int:
+    """main() with exit codes: 0 done, 1 diverged, 2 data/usage problem, 130 Ctrl-C."""
+    try:
+        main(argv)
+    except (DataNotFoundError, UsageError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as err:
+        print(f"stopped: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted: history.jsonl, results.json and the best checkpoint so far are kept.", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -1,0 +1,239 @@
+"""cifar100/v2-diagnostics: the diagnostics files, the two fixes, the scheduler
+choice, the transform check (passes on v2, fails on v1) and bad input."""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+
+from conftest import REPO_ROOT, load_version
+from test_cifar100_data import CLASSES, make_image_folder
+
+V2 = "cifar100/v2-diagnostics"
+QUICK = ["--quick", "--device", "cpu", "--width", "8"]
+TRAIN_KEYS = ["epoch", "loss", "accuracy", "learning_rate", "mean_grad_norm", "min_grad_norm", "max_grad_norm",
+              "weight_update_norm", "num_batches"]
+VAL_KEYS = ["epoch", "loss", "accuracy", "learning_rate", "num_batches"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    return make_image_folder(tmp_path_factory.mktemp("cifar_v2"))
+
+
+@pytest.fixture(scope="module")
+def run(images, tmp_path_factory):
+    """A quick run with DIAGNOSTICS_DIR set, as in seed 004's `export DIAGNOSTICS_DIR=...`."""
+    root = tmp_path_factory.mktemp("v2_run")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DIAGNOSTICS_DIR", str(root / "my_diagnostics"))
+        results = load_version(V2, "main").main([*QUICK, "--data-dir", str(images), "--out", str(root / "out")])
+    return results, root
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_diagnostics_files_have_one_line_per_epoch_with_the_seed_keys(run):
+    results, root = run
+    folder = root / "my_diagnostics"
+    assert results["diagnostics_dir"] == str(folder)
+    assert not (root / "out" / "diagnostics").exists()  # DIAGNOSTICS_DIR wins over <out>/diagnostics
+    train, val = read_jsonl(folder / "train_diagnostics.jsonl"), read_jsonl(folder / "val_diagnostics.jsonl")
+    assert [list(r) for r in train] == [TRAIN_KEYS] * 2 and [list(r) for r in val] == [VAL_KEYS] * 2
+    assert [r["epoch"] for r in train] == [r["epoch"] for r in val] == [1, 2]
+    for t, v in zip(train, val):
+        assert all(math.isfinite(t[k]) for k in TRAIN_KEYS) and all(math.isfinite(v[k]) for k in VAL_KEYS)
+        assert 0 <= t["accuracy"] <= 100 and 0 <= v["accuracy"] <= 100
+        # unscaled, before clipping: the O(0.1-10) of a real gradient, not 65536x that
+        assert 0.01 < t["min_grad_norm"] <= t["mean_grad_norm"] <= t["max_grad_norm"] < 100
+        assert 1e-3 < t["weight_update_norm"] < 1
+        assert t["num_batches"] == 144 // 32 and v["num_batches"] == 1
+        assert v["learning_rate"] == t["learning_rate"]
+    # cosine over 2 epochs: 0.1, then half of it
+    assert [t["learning_rate"] for t in train] == pytest.approx([0.1, 0.05])
+    # the same numbers as history.jsonl, which the curves are drawn from
+    history = read_jsonl(root / "out" / "history.jsonl")
+    assert [{k: h[k] for k in TRAIN_KEYS} for h in history] == train
+    assert [h["val_accuracy"] for h in history] == [v["accuracy"] for v in val]
+
+
+def test_run_outputs(run):
+    results, root = run
+    out = root / "out"
+    assert results["status"] == "completed" and results["config"]["scheduler"] == "cosine"
+    assert results["epochs_completed"] == 2 and 0 <= results["test_accuracy"] <= 100
+    assert json.loads((out / "results.json").read_text())["test_accuracy"] == results["test_accuracy"]
+    assert (out / "curves.png").stat().st_size > 10_000 and (out / "best_model.pth").stat().st_size > 100_000
+
+
+def test_diagnostics_default_to_out_folder(images, tmp_path, monkeypatch):
+    monkeypatch.delenv("DIAGNOSTICS_DIR", raising=False)
+    main = load_version(V2, "main")
+    assert main.diagnostics_dir(tmp_path / "o") == tmp_path / "o" / "diagnostics"
+    monkeypatch.setenv("DIAGNOSTICS_DIR", str(tmp_path / "d"))
+    assert main.diagnostics_dir(tmp_path / "o") == tmp_path / "d"
+
+
+def one_step(version: str):
+    """One training step of a version's train_one_epoch on a fixed batch, GradScaler on (scale 65536).
+
+    Returns the true gradient norm (fp32 backward without any scaler on a copy of
+    the model), the norm the version logged, and the norm of the gradient the
+    optimizer finally used (left in .grad after the step)."""
+    train_utils = load_version(f"cifar100/{version}", "scripts.train_utils")
+    torch.manual_seed(0)
+    model = train_utils.ResNet18(num_classes=5, width=8)
+    images, labels = torch.randn(16, 3, 32, 32), torch.arange(16) % 5
+    criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
+    reference = copy.deepcopy(model)
+    criterion(reference(images), labels).backward()
+    true_norm = torch.sqrt(sum((p.grad ** 2).sum() for p in reference.parameters())).item()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", enabled=True)
+    assert scaler.get_scale() == 65536.0
+    stats = train_utils.train_one_epoch(model, [(images, labels)], criterion, optimizer, scaler, torch.device("cpu"),
+                                        use_autocast=False, grad_clip=1.0)
+    used = torch.sqrt(sum((p.grad ** 2).sum() for p in model.parameters())).item()
+    return true_norm, stats["mean_grad_norm"], used
+
+
+def test_v2_clips_unscaled_gradients():
+    true_norm, logged, used = one_step("v2-diagnostics")
+    assert true_norm > 1.0  # so that clipping at 1.0 acts
+    assert logged == pytest.approx(true_norm, rel=1e-4)
+    assert used == pytest.approx(1.0, rel=1e-4)  # clipped to exactly the max norm, in true units
+
+
+def test_v1_clips_scaled_gradients():
+    """The planted bug the test above would catch: v1 logs 65536x the norm and steps with 1/65536."""
+    true_norm, logged, used = one_step("v1-baseline")
+    assert logged == pytest.approx(65536.0 * true_norm, rel=1e-4)
+    assert used == pytest.approx(1.0 / 65536.0, rel=1e-4)
+
+
+def test_scheduler_choices_give_the_expected_learning_rates():
+    train_utils = load_version(V2, "scripts.train_utils")
+    model = nn.Linear(2, 2)
+
+    def lrs(name, epochs=10, steps=4, val_losses=None):
+        _, optimizer, scheduler = train_utils.define_loss_and_optimizer(model, 0.1, 0.9, 5e-4, 0.1, 3, name, epochs, steps)
+        seen = []
+        for epoch in range(epochs):
+            seen.append(optimizer.param_groups[0]["lr"])
+            for _ in range(steps):
+                optimizer.step()
+                if name == "onecycle":
+                    scheduler.step()
+            if name == "cosine":
+                scheduler.step()
+            elif name == "plateau":
+                scheduler.step(val_losses[epoch])
+        return seen
+
+    cosine = lrs("cosine")
+    assert cosine[0] == 0.1 and all(b < a for a, b in zip(cosine, cosine[1:])) and cosine[-1] < 0.01
+    onecycle = lrs("onecycle")
+    peak = onecycle.index(max(onecycle))
+    assert onecycle[0] < 0.01 and 0 < peak < 9 and max(onecycle) > 0.08 and onecycle[-1] < 0.01
+    plateau = lrs("plateau", val_losses=[4.0, 3.9] + [3.9] * 8)  # no improvement from epoch 2 on
+    assert plateau[:6] == [0.1] * 6 and plateau[6] == pytest.approx(0.01)
+
+
+def test_check_transforms_passes_on_v2_and_fails_on_v1(images, capsys):
+    check = load_version(V2, "scripts.check_transforms")
+    assert check.main(["--data-dir", str(images)]) == 0
+    assert "PASS  separate" in capsys.readouterr().out
+    code = check.main(["--data-dir", str(images), "--code", str(REPO_ROOT / "cifar100" / "v1-baseline")])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "FAIL  separate" in out and "FAIL  deterministic" in out and "PASS  augmented" in out
+
+
+def test_check_transforms_catches_lost_augmentation(images, tmp_path):
+    """The opposite mistake: eval transforms on both splits. Planted by wrapping v2's builder."""
+    check = load_version(V2, "scripts.check_transforms")
+    data_module, train_utils = check.load_code(REPO_ROOT / V2)
+    data = data_module.load_cifar100(images)
+    train_ds, val_ds, _ = train_utils.build_datasets(data, 0.1, 11)
+    train_ds.dataset.transform = train_utils.load_transforms("test", 11)
+    verdicts = {v.name: v.passed for v in check.check_transforms(train_ds, val_ds)}
+    assert verdicts == {"separate": True, "deterministic": True, "augmented": False}
+
+
+def test_check_transforms_script_exit_codes(images, tmp_path):
+    script = REPO_ROOT / V2 / "scripts" / "bash" / "check_transforms.sh"
+    ok = subprocess.run(["bash", str(script), "--data-dir", str(images)], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    bad = subprocess.run(["bash", str(script), "--data-dir", str(images), "--code", str(REPO_ROOT / "cifar100" / "v1-baseline")],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and "FAILED: separate, deterministic" in bad.stdout
+
+
+def test_ctrl_c_keeps_history_and_exits_130(images, tmp_path, monkeypatch, capsys):
+    main = load_version(V2, "main")
+    real_train = main.train_one_epoch
+    calls = []
+
+    def interrupted_in_epoch_2(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(main, "train_one_epoch", interrupted_in_epoch_2)
+    out = tmp_path / "out"
+    code = main.cli([*QUICK, "--data-dir", str(images), "--out", str(out), "--scheduler", "onecycle"])
+    assert code == 130 and "interrupted" in capsys.readouterr().err
+    assert len(read_jsonl(out / "history.jsonl")) == 1 and len(read_jsonl(out / "diagnostics" / "train_diagnostics.jsonl")) == 1
+    results = json.loads((out / "results.json").read_text())
+    assert results["status"] == "interrupted" and results["epochs_completed"] == 1
+    assert (out / "best_model.pth").exists() and (out / "curves.png").exists()
+
+
+def test_nan_loss_stops_with_a_diagnosis(images, tmp_path, capsys):
+    out = tmp_path / "out"
+    # lr 1e30: the first step throws the weights to ~1e30 and the next forward overflows.
+    code = load_version(V2, "main").cli([*QUICK, "--data-dir", str(images), "--out", str(out), "--lr", "1e30", "--scheduler", "plateau"])
+    err = capsys.readouterr().err
+    assert code == 1 and "loss became nan" in err and "Lower --lr" in err
+    results = json.loads((out / "results.json").read_text())
+    assert results["status"] == "diverged" and results["final"]["loss"] is None
+    assert read_jsonl(out / "diagnostics" / "train_diagnostics.jsonl")[-1]["loss"] is None  # null, valid JSON
+
+
+def test_bad_input_gets_a_message_and_exit_code(tmp_path, monkeypatch, capsys):
+    main = load_version(V2, "main")
+    monkeypatch.setenv("DATA_OFFLINE", "1")
+    assert main.cli([*QUICK, "--data-dir", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
+    assert "CIFAR-100 was not found" in capsys.readouterr().err
+    (tmp_path / "file").write_text("")
+    assert main.cli([*QUICK, "--out", str(tmp_path / "file" / "sub")]) == 2
+    assert "Cannot write into the output folder" in capsys.readouterr().err
+    for bad in (["--no-such-flag"], ["--batch_size", "many"], ["--scheduler", "step"], ["--lr", "0"]):
+        with pytest.raises(SystemExit) as exc:
+            main.parse_args(bad)
+        assert exc.value.code == 2
+
+
+def test_main_is_importable_without_side_effects(tmp_path):
+    """Importing main.py must not train or load data."""
+    code = f"import sys; sys.path.insert(0, {str(REPO_ROOT / V2)!r}); import main; print(main.VERSION)"
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "v2-diagnostics"  # main() would print "loading ..."
