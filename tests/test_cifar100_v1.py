@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import load_version
-from test_cifar100_data import CLASSES, make_image_folder
+from test_cifar100_data import CLASSES, TEST_PER_CLASS, make_image_folder
 
 HISTORY_KEYS = {"epoch", "loss", "accuracy", "learning_rate", "mean_grad_norm", "min_grad_norm", "max_grad_norm",
                 "weight_update_norm", "num_batches", "val_loss", "val_accuracy", "epoch_time_s", "images_per_second"}
@@ -51,6 +51,7 @@ def test_v1_quick_run_writes_every_output(runs):
     assert results["torch_version"] == torch.__version__ and results["seed"] == 0
     assert results["wall_time_s"] > 0 and results["images_per_second"] > 0
     assert 0 <= results["test_accuracy"] <= 100 and math.isfinite(results["test_loss"])
+    assert results["test_images"] == len(CLASSES) * TEST_PER_CLASS
     assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(results, default=str))
     assert [r["epoch"] for r in history] == [1, 2]
     for r in history:

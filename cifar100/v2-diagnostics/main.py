@@ -224,7 +224,7 @@ def main(argv=None) -> dict:
 
     model.load_state_dict(torch.load(checkpoint_path, map_location=device, weights_only=True))
     test = evaluate(model, test_loader, criterion, device, use_autocast, desc="test")
-    results.update(status="completed", test_loss=test["loss"], test_accuracy=test["accuracy"])
+    results.update(status="completed", test_loss=test["loss"], test_accuracy=test["accuracy"], test_images=test["images"])
     finish(results, history, out, wall_start)
     print(f"[{VERSION}] best val_acc {best_val:.2f}% (epoch {results['best_epoch']}), test_acc {test['accuracy']:.2f}% "
           f"with the best checkpoint; outputs in {out}")

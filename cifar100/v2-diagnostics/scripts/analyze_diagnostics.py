@@ -267,7 +267,7 @@ def analyze(records: list[dict], num_classes: int = 100) -> Report:
             f"gradients of this model are O(0.1-10). Clipping these to the max norm leaves steps ~65536x too small"
             + (f"; weight updates per epoch: median {_fmt(statistics.median(v for _, v in updates))}" if updates else ""),
             ["Call scaler.unscale_(optimizer) after scaler.scale(loss).backward() and before clip_grad_norm_ "
-             "(see 'AMP Gradient Clipping Fix' in DIAGNOSTICS.md)",
+             "(see 'AMP gradient clipping fix' in cifar100/v2-diagnostics/DIAGNOSTICS.md)",
              "Log the norm that clip_grad_norm_ returns after unscaling: it should fall to O(0.1-10)",
              "Fix this first: the other symptoms below are likely its consequences"]))
     if exploding:

@@ -159,11 +159,12 @@ def train_one_epoch(model, loader, criterion, optimizer, scaler, device, use_aut
     return {**_epoch_summary(loss_sum, correct, seen, len(grad_norms)),
             **_grad_norm_stats(grad_norms),
             "weight_update_norm": _relative_change(start_params, [p.detach() for p in model.parameters()]),
-            "learning_rate": learning_rate, "seconds": seconds, "images": seen}
+            "learning_rate": learning_rate, "seconds": seconds}
 
 
 def _epoch_summary(loss_sum, correct, seen: int, num_batches: int) -> dict:
-    return {"loss": loss_sum.item() / max(seen, 1), "accuracy": 100.0 * correct.item() / max(seen, 1), "num_batches": num_batches}
+    return {"loss": loss_sum.item() / max(seen, 1), "accuracy": 100.0 * correct.item() / max(seen, 1), "num_batches": num_batches,
+            "images": seen}
 
 
 def _grad_norm_stats(grad_norms: list[torch.Tensor]) -> dict:

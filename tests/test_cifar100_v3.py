@@ -1,0 +1,130 @@
+"""cifar100/v3-ddp: one process behaves as v2; two CPU processes (gloo, via
+torchrun) train and write the same diagnostics files a single process writes."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import REPO_ROOT, load_version
+from test_cifar100_data import CLASSES, TEST_PER_CLASS, make_image_folder
+
+V3 = REPO_ROOT / "cifar100" / "v3-ddp"
+QUICK = ["--quick", "--device", "cpu", "--width", "8"]
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    return make_image_folder(tmp_path_factory.mktemp("cifar_v3"))
+
+
+@pytest.fixture(scope="module")
+def single(images, tmp_path_factory):
+    out = tmp_path_factory.mktemp("v3_single")
+    with pytest.MonkeyPatch.context() as mp:
+        for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "DIAGNOSTICS_DIR"):
+            mp.delenv(name, raising=False)
+        results = load_version("cifar100/v3-ddp", "main").main([*QUICK, "--data-dir", str(images), "--out", str(out)])
+    return results, out
+
+
+@pytest.fixture(scope="module")
+def two_processes(images, tmp_path_factory):
+    out = tmp_path_factory.mktemp("v3_two")
+    env = {k: v for k, v in os.environ.items() if k != "DIAGNOSTICS_DIR"}
+    env["OMP_NUM_THREADS"] = "1"
+    done = subprocess.run([*TORCHRUN, "main.py", *QUICK, "--data-dir", str(images), "--out", str(out)],
+                          cwd=V3, env=env, capture_output=True, text=True, timeout=300)
+    return done, out
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_one_process_is_v2(single, images, tmp_path):
+    """Without torchrun, v3 is v2: the same numbers, bit for bit, on a CPU."""
+    v3_results, v3_out = single
+    load_version("cifar100/v2-diagnostics", "main").main([*QUICK, "--data-dir", str(images), "--out", str(tmp_path)])
+    drop_timing = lambda r: {k: v for k, v in r.items() if k not in ("epoch_time_s", "images_per_second")}  # noqa: E731
+    assert [drop_timing(r) for r in read_jsonl(v3_out / "history.jsonl")] == [drop_timing(r) for r in read_jsonl(tmp_path / "history.jsonl")]
+    for name in ("train_diagnostics.jsonl", "val_diagnostics.jsonl"):
+        assert (v3_out / "diagnostics" / name).read_text() == (tmp_path / "diagnostics" / name).read_text()
+    assert v3_results["world_size"] == 1 and v3_results["backend"] is None
+    assert v3_results["test_accuracy"] == json.loads((tmp_path / "results.json").read_text())["test_accuracy"]
+
+
+def test_two_gloo_processes_write_what_one_process_writes(single, two_processes):
+    done, two_out = two_processes
+    assert done.returncode == 0, done.stderr[-3000:]
+    _, one_out = single
+    for name in ("train_diagnostics.jsonl", "val_diagnostics.jsonl"):
+        one, two = read_jsonl(one_out / "diagnostics" / name), read_jsonl(two_out / "diagnostics" / name)
+        # rank 0 alone writes: two processes writing would double the lines
+        assert len(two) == len(one) == 2
+        assert [list(r) for r in two] == [list(r) for r in one]
+        assert [r["epoch"] for r in two] == [1, 2]
+        # each process takes 16 of the global 32 images per step: as many steps as one process
+        assert [r["num_batches"] for r in two] == [r["num_batches"] for r in one]
+        for r in two:
+            assert all(math.isfinite(v) for v in r.values())
+            assert 0 <= r["accuracy"] <= 100
+    train = read_jsonl(two_out / "diagnostics" / "train_diagnostics.jsonl")
+    assert all(0.01 < r["mean_grad_norm"] < 100 and 1e-3 < r["weight_update_norm"] < 1 for r in train)
+    assert len(read_jsonl(two_out / "history.jsonl")) == 2
+
+
+def test_two_processes_count_every_image_once(two_processes):
+    done, out = two_processes
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["status"] == "completed" and results["world_size"] == 2 and results["backend"] == "gloo"
+    assert results["batch_size_per_process"] == 16 and results["config"]["batch_size"] == 32
+    # test metrics summed over both ranks' shards: all 50 images, not rank 0's 25
+    assert results["test_images"] == len(CLASSES) * TEST_PER_CLASS
+    # validation accuracy over 16 images, counted once each: a multiple of 1/16
+    for r in read_jsonl(out / "history.jsonl"):
+        assert (r["val_accuracy"] / 100 * 16) == pytest.approx(round(r["val_accuracy"] / 100 * 16))
+    assert done.stdout.count("loading CIFAR-100") == 1  # rank-0 logging
+    assert (out / "best_model.pth").exists() and (out / "curves.png").exists()
+
+
+def test_uneven_batch_and_sync_bn_on_cpu_are_usage_errors(images, tmp_path, monkeypatch, capsys):
+    main = load_version("cifar100/v3-ddp", "main")
+    assert main.cli([*QUICK, "--data-dir", str(images), "--out", str(tmp_path), "--sync_bn"]) == 2
+    assert "SyncBatchNorm" in capsys.readouterr().err
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    assert main.cli([*QUICK, "--data-dir", str(images), "--out", str(tmp_path)]) == 2  # 32 images over 3 processes
+    assert "does not split evenly" in capsys.readouterr().err
+
+
+def test_shard_sampler_covers_every_index_once():
+    main = load_version("cifar100/v3-ddp", "main")
+    shards = [list(main.ShardSampler(17, rank, 3)) for rank in range(3)]
+    assert sorted(i for s in shards for i in s) == list(range(17))
+    assert [len(s) for s in shards] == [6, 6, 5]
+
+
+def test_benchmark_writes_throughput_and_efficiency(tmp_path):
+    bench = load_version("cifar100/v3-ddp", "scripts.benchmark_throughput")
+    args = ["--device", "cpu", "--batch_size", "8", "--steps", "2", "--warmup", "1", "--width", "8"]
+    assert bench.main([*args, "--out", str(tmp_path / "b1.json")]) == 0
+    first = json.loads((tmp_path / "b1.json").read_text())
+    assert first["images_per_second"] > 0 and first["images"] == 16 and first["world_size"] == 1
+    assert bench.main([*args, "--out", str(tmp_path / "b2.json"), "--baseline", str(tmp_path / "b1.json")]) == 0
+    second = json.loads((tmp_path / "b2.json").read_text())
+    assert second["scaling_efficiency"] == pytest.approx(second["images_per_second"] / first["images_per_second"])
