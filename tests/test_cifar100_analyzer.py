@@ -87,7 +87,7 @@ def test_healthy_trace_says_so_and_exits_0(analyzer, tmp_path, capsys):
     for section in ("Learning Rate Analysis", "Loss Analysis", "Accuracy Analysis", "Gradient Norm Analysis",
                     "Weight Update Analysis", "Diagnosis & Recommendations"):
         assert f"== {section} ==" in out
-    assert "no plateau" in out and "first reduction at epoch 29 of 30: not early" in out  # cosine's last two epochs
+    assert "no plateau" in out and "first reduction at epoch 29: not early" in out  # cosine's last two epochs
     assert (tmp_path / "train_diagnostics.png").stat().st_size > 10_000  # default: next to the file
 
 
@@ -102,6 +102,14 @@ def test_issue_exits_1_with_recommendations(analyzer, tmp_path, capsys):
 def test_cosine_quick_run_is_not_an_early_cut(analyzer):
     """Two epochs of cosine halve the LR at epoch 2: a planned decay, not ReduceLROnPlateau's cut."""
     assert analyzer.analyze(trace(epochs=2, lr=lambda e: 0.1 / e)).ids == []
+
+
+def test_early_cut_is_judged_on_the_epochs_after_it(analyzer):
+    """A 15-epoch run cut at epoch 6 (ReduceLROnPlateau, patience 3, at the earliest) is judged;
+    a cut with fewer than 3 epochs after it is not, whatever the loss does."""
+    stalled = dict(loss=flat_after(4, 4.4, 3.1), acc=lambda e: 25.0)
+    assert analyzer.analyze(trace(epochs=15, lr=plateau_lr(first_cut=6), **stalled)).ids == ["lr_reduced_too_early"]
+    assert analyzer.analyze(trace(epochs=7, lr=plateau_lr(first_cut=6), **stalled)).ids == []
 
 
 def test_one_line_file(analyzer, tmp_path, capsys):

@@ -29,8 +29,9 @@ from pathlib import Path
 LR_DROP_RATIO = 0.5
 # Seed 004: "LR drops within first 5-10 epochs" ...
 LR_EARLY_EPOCH = 10
-# ... and within the first quarter of the run (a cut at epoch 8 of 10 is a planned end-of-run decay).
-LR_EARLY_FRACTION = 0.25
+# ... "loss plateaus shortly after": judged on at least this many epochs run
+# with the reduced LR (which also leaves out a cosine schedule's last epochs).
+LR_MIN_EPOCHS_AFTER = 3
 # The loss has plateaued when the best loss of the next PLATEAU_WINDOW epochs
 # improves on the best so far by less than PLATEAU_MIN_IMPROVEMENT (relative).
 # Healthy CIFAR-100 training improves the loss by several % per 5 epochs until late.
@@ -175,12 +176,13 @@ def analyze(records: list[dict], num_classes: int = 100) -> Report:
                         + ", ".join(f"epoch {e}: {_fmt(a)} -> {_fmt(b)}" for e, a, b in drops[:8])
                         + (" ..." if len(drops) > 8 else ""))
             first = drops[0][0]
-            if first <= LR_EARLY_EPOCH and first <= LR_EARLY_FRACTION * last_epoch:
-                early_drop = first
-                body.append(f"first reduction at epoch {first}: early (<= epoch {LR_EARLY_EPOCH} and in the first "
-                            f"{LR_EARLY_FRACTION:.0%} of the run)")
+            if first > LR_EARLY_EPOCH:
+                body.append(f"first reduction at epoch {first}: not early (after epoch {LR_EARLY_EPOCH})")
+            elif last_epoch - first + 1 < LR_MIN_EPOCHS_AFTER:
+                body.append(f"first reduction at epoch {first}: too few epochs after it to judge (< {LR_MIN_EPOCHS_AFTER})")
             else:
-                body.append(f"first reduction at epoch {first} of {last_epoch}: not early")
+                early_drop = first
+                body.append(f"first reduction at epoch {first}: early (within the first {LR_EARLY_EPOCH} epochs)")
         else:
             changed = any(abs(b - a) > 1e-12 for (_, a), (_, b) in zip(lr, lr[1:]))
             body.append("no step reductions; the LR " + ("changes smoothly (cosine / one-cycle style)" if changed else "is constant"))
