@@ -212,7 +212,7 @@ def main(argv=None) -> dict:
                 scheduler.step()
             print(f"[{VERSION}] epoch {epoch:3d}  loss {train['loss']:.4f}  acc {train['accuracy']:5.2f}%  "
                   f"val_loss {val['loss']:.4f}  val_acc {val['accuracy']:5.2f}%  lr {train['learning_rate']:.2e}  "
-                  f"grad_norm {record['mean_grad_norm']}  {record['images_per_second']:.0f} img/s", flush=True)
+                  f"grad_norm {record['mean_grad_norm'] or math.nan:.3g}  {record['images_per_second']:.0f} img/s", flush=True)
             if val["accuracy"] > best_val:
                 best_val = val["accuracy"]
                 torch.save(model.state_dict(), checkpoint_path)
