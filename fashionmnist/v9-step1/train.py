@@ -1,0 +1,464 @@
+"""Fashion-MNIST v9-step1: recipe step 1, "become one with the data".
+
+Start simple again: a small CNN (MyNN), a fixed seed everywhere, no augmentation,
+a careful initialisation, and a check that the loss at initialisation is what
+theory says. Before training, look at the data: class balance, samples, the mean
+image per class, pixel statistics and duplicates.
+
+    python train.py               # full run on the real Fashion-MNIST
+    python train.py --quick       # every code path in seconds, on a small subset
+    python train.py --preflight   # only the checks; exit code 1 if one fails
+    python train.py --help        # every constant below can be overridden
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+VERSION_DIR = Path(__file__).resolve().parent
+REPO_ROOT = VERSION_DIR.parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.append(str(REPO_ROOT))  # for shared/ (data location only)
+
+from shared.data import DataNotFoundError, fashion_mnist_root  # noqa: E402
+
+from debug_tools import (  # noqa: E402
+    data_report,
+    print_check_summary,
+    print_data_report,
+    verify_loss_at_init,
+)
+from metrics import evaluate  # noqa: E402
+from visualization import (  # noqa: E402
+    plot_class_means,
+    plot_pixel_histogram,
+    plot_samples_per_class,
+    plot_training_curves,
+)
+
+# ---------------------------------------------------------------------------
+# Configuration: every constant can be overridden on the command line.
+# ---------------------------------------------------------------------------
+SEED = 42  # one seed for Python, NumPy, PyTorch and CUDA: a bug you can reproduce is a bug you can fix
+EPOCHS = 20  # MyNN plateaus on the validation set around here with a constant learning rate
+BATCH_SIZE = 128  # small enough for many updates per epoch, large enough to be fast on a CPU
+LEARNING_RATE = 1e-3  # Adam's default; a safe first choice before any tuning
+DROPOUT = 0.4  # MyNN's two hidden FC layers overfit quickly without it
+VAL_SIZE = 5000  # held out of the 60,000 training images to pick the best epoch; the test set stays untouched
+DEVICE = "auto"  # cuda, then mps, then cpu
+DATA_DIR = None  # None: look in $DATA_DIR, data/, the Debian package, then download (shared/data.py)
+OUT_DIR = VERSION_DIR / "outputs"  # plots, results.json, history.jsonl, best model
+LOSS_AT_INIT_TOLERANCE = 0.3  # |loss - ln(10)| allowed at init; beyond it the init (or the loss) is wrong
+
+# --quick: a few hundred samples and one epoch, so every code path runs in seconds on a CPU.
+QUICK_TRAIN_SIZE = 512
+QUICK_VAL_SIZE = 256
+QUICK_TEST_SIZE = 512
+QUICK_EPOCHS = 1
+
+NUM_CLASSES = 10
+MODEL_FILE = "best_model_v9.pth"
+
+
+# ---------------------------------------------------------------------------
+# Reproducibility
+# ---------------------------------------------------------------------------
+def set_seed(seed: int) -> None:
+    """Seed every random number generator and make cuDNN deterministic.
+
+    Same seed, same machine: the same numbers, bit for bit. Without it you cannot
+    tell whether a change helped or the dice rolled differently.
+    """
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS matmuls
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def pick_device(requested: str) -> torch.device:
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RunError("--device cuda was requested but no CUDA GPU is available (try --device cpu)")
+    if requested == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise RunError("--device mps was requested but MPS is not available (try --device cpu)")
+    return torch.device(requested)
+
+
+class RunError(Exception):
+    """A problem the user can fix (bad flag value, unwritable folder); printed without a traceback."""
+
+
+# ---------------------------------------------------------------------------
+# Data: the whole data set lives in tensors on the device
+# ---------------------------------------------------------------------------
+class FashionMNISTTensors(torch.utils.data.Dataset):
+    """Images as float tensors in [0, 1], shape (N, 1, 28, 28), plus labels and class names."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, classes: list[str]):
+        self.images, self.labels, self.classes = images, labels, classes
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index):
+        return self.images[index], self.labels[index]
+
+
+class TensorLoader:
+    """A DataLoader for data that already sits in memory: one index per batch, no per-sample work.
+
+    Shuffling uses its own seeded generator, so the batch order is reproducible
+    and independent of how much randomness the checks consumed before training.
+    """
+
+    def __init__(self, dataset: FashionMNISTTensors, batch_size: int, shuffle: bool = False, seed: int = 0):
+        self.dataset, self.batch_size, self.shuffle = dataset, batch_size, shuffle
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.dataset) / self.batch_size)
+
+    def __iter__(self):
+        n = len(self.dataset)
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        order = order.to(self.dataset.images.device)
+        for start in range(0, n, self.batch_size):
+            batch = order[start:start + self.batch_size]
+            yield self.dataset.images[batch].contiguous(memory_format=torch.channels_last), self.dataset.labels[batch]
+
+
+def to_tensor(images_uint8: torch.Tensor) -> torch.Tensor:
+    """What transforms.ToTensor() does to each image, done once for the whole set:
+    uint8 (N, 28, 28) in [0, 255] -> float32 (N, 1, 28, 28) in [0, 1]. No augmentation."""
+    return images_uint8.unsqueeze(1).float().div(255.0)
+
+
+def load_raw_data(data_dir):
+    """The original train and test splits as uint8 tensors, read by torchvision."""
+    from torchvision.datasets import FashionMNIST
+
+    root = fashion_mnist_root(data_dir)
+    train = FashionMNIST(str(root), train=True, download=False)
+    test = FashionMNIST(str(root), train=False, download=False)
+    return train.data, train.targets, test.data, test.targets, list(train.classes)
+
+
+def split_data(train_images, train_labels, test_images, test_labels, classes, cfg, device):
+    """Train / validation split with a fixed permutation; --quick takes small subsets."""
+    order = torch.randperm(len(train_labels), generator=torch.Generator().manual_seed(cfg.seed))
+    val_size = QUICK_VAL_SIZE if cfg.quick else cfg.val_size
+    val_idx, train_idx = order[:val_size], order[val_size:]
+    test_idx = torch.arange(len(test_labels))
+    if cfg.quick:
+        train_idx, test_idx = train_idx[:QUICK_TRAIN_SIZE], test_idx[:QUICK_TEST_SIZE]
+
+    def make(images, labels, idx):
+        return FashionMNISTTensors(to_tensor(images[idx]).to(device), labels[idx].to(device), classes)
+
+    return (make(train_images, train_labels, train_idx), make(train_images, train_labels, val_idx),
+            make(test_images, test_labels, test_idx))
+
+
+# ---------------------------------------------------------------------------
+# Model
+# ---------------------------------------------------------------------------
+class MyNN(nn.Module):
+    """Two conv blocks and three FC layers, ~430K parameters.
+
+    Input 1x28x28 -> Conv 1->32 (+ReLU, BN, MaxPool) -> Conv 32->64 (+ReLU, BN, MaxPool)
+    -> Flatten 64x7x7=3136 -> FC 128 (+ReLU, Dropout) -> FC 64 (+ReLU, Dropout) -> FC 10 (logits).
+    """
+
+    def __init__(self, num_classes: int = NUM_CLASSES, dropout: float = DROPOUT):
+        super().__init__()
+        self.conv1 = nn.Sequential(nn.Conv2d(1, 32, 3, padding="same"), nn.ReLU(), nn.BatchNorm2d(32), nn.MaxPool2d(2))
+        self.conv2 = nn.Sequential(nn.Conv2d(32, 64, 3, padding="same"), nn.ReLU(), nn.BatchNorm2d(64), nn.MaxPool2d(2))
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(64 * 7 * 7, 128), nn.ReLU(), nn.Dropout(dropout),
+            nn.Linear(128, 64), nn.ReLU(), nn.Dropout(dropout),
+            nn.Linear(64, num_classes),
+        )
+        self._initialize_weights()
+        # channels_last lets MaxPool and BatchNorm vectorise over channels: ~1.5x faster
+        # training on a CPU, and the layout GPU convolutions prefer.
+        self.to(memory_format=torch.channels_last)
+
+    def _initialize_weights(self) -> None:
+        """Init well: He/Kaiming for layers followed by ReLU, a tiny last layer, zero biases.
+
+        The last layer's std 0.01 makes all logits start near 0, so the model
+        starts out maximally unsure (loss = ln 10) instead of confidently wrong.
+        Zero biases: the classes are balanced, so no class deserves a head start.
+        """
+        for module in self.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        last = self.classifier[-1]
+        nn.init.normal_(last.weight, std=0.01)
+        nn.init.zeros_(last.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.conv2(self.conv1(x)))
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+# ---------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------
+class TrainingDiverged(Exception):
+    """The loss became NaN or infinite; the message holds the diagnosis."""
+
+
+def train_one_epoch(model, loader, optimizer, device, epoch: int, epochs: int, global_step: int):
+    """One pass over the training data; stops with a diagnosis on the first non-finite loss."""
+    model.train()
+    total_loss, correct, seen = 0.0, 0, 0
+    grad_norm = float("nan")
+    progress = tqdm(loader, desc=f"epoch {epoch}/{epochs}", leave=False, dynamic_ncols=True)
+    for images, labels in progress:
+        logits = model(images)
+        loss = F.cross_entropy(logits, labels)
+        if not torch.isfinite(loss):
+            # Stop before the bad loss reaches the weights: the best checkpoint and
+            # history on disk stay as the last good state.
+            raise TrainingDiverged(
+                f"non-finite loss {loss.item()} at step {global_step} (epoch {epoch}); "
+                f"learning rate {optimizer.param_groups[0]['lr']:g}; gradient norm of the previous step "
+                f"{grad_norm:.3g}. Usual causes: learning rate too high, inputs not scaled to [0, 1], log of 0.")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf")).item()  # measures only
+        optimizer.step()
+        global_step += 1
+        total_loss += loss.item() * len(labels)
+        correct += (logits.argmax(1) == labels).sum().item()
+        seen += len(labels)
+        progress.set_postfix(loss=f"{loss.item():.4f}")
+    return total_loss / seen, correct / seen, global_step
+
+
+# ---------------------------------------------------------------------------
+# Command line and run records
+# ---------------------------------------------------------------------------
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="tiny subset and 1 epoch: every code path in seconds")
+    p.add_argument("--preflight", action="store_true", help="run only the checks; exit code 1 if one fails")
+    p.add_argument("--out", type=Path, default=OUT_DIR, help="output folder (default: %(default)s)")
+    p.add_argument("--data-dir", type=Path, default=DATA_DIR, help="folder with the Fashion-MNIST files")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default=DEVICE)
+    p.add_argument("--seed", type=int, default=SEED)
+    p.add_argument("--epochs", type=int, default=EPOCHS)
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE)
+    p.add_argument("--lr", type=float, default=LEARNING_RATE)
+    p.add_argument("--dropout", type=float, default=DROPOUT)
+    p.add_argument("--val-size", type=int, default=VAL_SIZE)
+    p.add_argument("--loss-at-init-tolerance", type=float, default=LOSS_AT_INIT_TOLERANCE)
+    args = p.parse_args(argv)
+    if args.epochs < 1 or args.batch_size < 1 or args.lr <= 0 or not 0 <= args.dropout < 1:
+        p.error("--epochs and --batch-size must be >= 1, --lr > 0, 0 <= --dropout < 1")
+    if args.quick:
+        args.epochs = min(args.epochs, QUICK_EPOCHS)
+    return args
+
+
+def prepare_out_dir(out: Path) -> Path:
+    """Fail at the start, not after an hour of training, if results cannot be written."""
+    out = out.expanduser().resolve()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write_test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise RunError(f"cannot write to output folder {out}: {err.strerror or err}. Choose another with --out.")
+    return out
+
+
+def write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)  # atomic: an interrupted write never leaves a half file
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return device.type
+
+
+# ---------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------
+def main(argv=None) -> dict:
+    """Run everything; return the results dict (also written to results.json).
+
+    Problems the user can fix end with a one-line message and SystemExit:
+    2 for missing data, bad flags or an unwritable folder, 1 for a diverged
+    run, 130 for Ctrl-C. What was written before stays on disk.
+    """
+    cfg = parse_args(argv)
+    started = time.perf_counter()
+    try:
+        out = prepare_out_dir(cfg.out)
+        device = pick_device(cfg.device)
+    except RunError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    set_seed(cfg.seed)
+    results = {
+        "version": "fashionmnist/v9-step1",
+        "status": "running",
+        "command": "python train.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(cfg).items()},
+        "seed": cfg.seed,
+        "device": device_name(device),
+        "torch_version": torch.__version__,
+        "checks": {},
+    }
+    results_path = out / "results.json"
+
+    # 1. Setup ---------------------------------------------------------------
+    print("=" * 78)
+    print(f"Fashion-MNIST v9-step1 | device {results['device']} | torch {torch.__version__} | seed {cfg.seed}")
+    print(f"epochs {cfg.epochs}, batch size {cfg.batch_size}, lr {cfg.lr}, dropout {cfg.dropout}"
+          + (" | QUICK MODE" if cfg.quick else ""))
+    print("=" * 78)
+    try:
+        raw = load_raw_data(cfg.data_dir)
+    except DataNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    train_set, val_set, test_set = split_data(*raw, cfg, device)
+    train_loader = TensorLoader(train_set, cfg.batch_size, shuffle=True, seed=cfg.seed)
+    val_loader = TensorLoader(val_set, 1024)
+    test_loader = TensorLoader(test_set, 1024)
+    print(f"Split: {len(train_set)} train, {len(val_set)} validation, {len(test_set)} test")
+
+    # 2. Become one with the data -------------------------------------------
+    print("\n--- Data report ---")
+    train_images_u8, train_labels, test_images_u8, test_labels, classes = raw
+    if cfg.quick:
+        train_images_u8, train_labels = train_images_u8[:QUICK_TRAIN_SIZE], train_labels[:QUICK_TRAIN_SIZE]
+        test_images_u8, test_labels = test_images_u8[:QUICK_TEST_SIZE], test_labels[:QUICK_TEST_SIZE]
+    report = data_report(train_images_u8, train_labels, test_images_u8, test_labels, classes)
+    print_data_report(report)
+    results["data_report"] = report
+    plot_samples_per_class(train_images_u8, train_labels, classes, out / "data_samples.png")
+    plot_class_means(train_images_u8, train_labels, classes, out / "class_means.png")
+    plot_pixel_histogram(train_images_u8, out / "pixel_histogram.png")
+
+    # 3. Model, init, loss at init ------------------------------------------
+    model = MyNN(dropout=cfg.dropout).to(device)
+    results["num_parameters"] = count_parameters(model)
+    print(f"\nMyNN: {results['num_parameters']:,} trainable parameters")
+    print("\n--- Checks before training ---")
+    checks_started = time.perf_counter()
+    checks = {"loss_at_init": verify_loss_at_init(model, train_loader, device, NUM_CLASSES,
+                                                  cfg.loss_at_init_tolerance)}
+    for check in checks.values():
+        print(check.report())
+    results["checks"] = {name: c.to_dict() for name, c in checks.items()}
+    results["checks_time_s"] = time.perf_counter() - checks_started
+    results["all_checks_passed"] = all(c.passed for c in checks.values())
+
+    if cfg.preflight:
+        print_check_summary(checks)
+        results.update(status="preflight", exit_code=0 if results["all_checks_passed"] else 1,
+                       wall_time_s=time.perf_counter() - started)
+        write_json(results_path, results)
+        return results
+
+    # 4. Training -----------------------------------------------------------
+    print("\n--- Training ---")
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    history_path = out / "history.jsonl"
+    history_path.write_text("")
+    best_val_acc, best_epoch, global_step, epoch = -1.0, 0, 0, 0
+    train_started = time.perf_counter()
+    try:
+        for epoch in range(1, cfg.epochs + 1):
+            epoch_started = time.perf_counter()
+            train_loss, train_acc, global_step = train_one_epoch(
+                model, train_loader, optimizer, device, epoch, cfg.epochs, global_step)
+            val_loss, val_acc = evaluate(model, val_loader, device)
+            record = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc,
+                      "val_loss": val_loss, "val_accuracy": val_acc, "learning_rate": cfg.lr,
+                      "seconds": time.perf_counter() - epoch_started}
+            with open(history_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            improved = val_acc > best_val_acc
+            if improved:
+                best_val_acc, best_epoch = val_acc, epoch
+                torch.save({"model_state": model.state_dict(), "epoch": epoch, "val_accuracy": val_acc},
+                           out / MODEL_FILE)
+            tqdm.write(f"epoch {epoch:>3}/{cfg.epochs}  train loss {train_loss:.4f} acc {train_acc:.2%}  "
+                       f"val loss {val_loss:.4f} acc {val_acc:.2%}  {record['seconds']:.1f}s"
+                       + ("  *best*" if improved else ""))
+    except (KeyboardInterrupt, TrainingDiverged) as err:
+        interrupted = isinstance(err, KeyboardInterrupt)
+        results.update(status="interrupted" if interrupted else "diverged",
+                       error=None if interrupted else str(err), best_epoch=best_epoch,
+                       best_val_accuracy=best_val_acc, wall_time_s=time.perf_counter() - started)
+        write_json(results_path, results)
+        if epoch > 1:
+            plot_training_curves(history_path, out / "training_curves.png")
+        print(f"\n{'Interrupted' if interrupted else 'Training diverged: ' + str(err)}\n"
+              f"Kept: {history_path} (epochs done: {epoch - 1}), {out / MODEL_FILE} (best epoch {best_epoch}), "
+              f"{results_path}", file=sys.stderr)
+        raise SystemExit(130 if interrupted else 1) from None
+    results["train_time_s"] = time.perf_counter() - train_started
+    plot_training_curves(history_path, out / "training_curves.png")
+
+    # 5. Evaluation of the best model ----------------------------------------
+    checkpoint = torch.load(out / MODEL_FILE, map_location=device, weights_only=True)
+    model.load_state_dict(checkpoint["model_state"])
+    test_loss, test_acc = evaluate(model, test_loader, device)
+    results.update(status="completed", exit_code=0, best_epoch=best_epoch, best_val_accuracy=best_val_acc,
+                   test_loss=test_loss, test_accuracy=test_acc,
+                   wall_time_s=time.perf_counter() - started)
+    write_json(results_path, results)
+
+    print_check_summary(checks)
+    print("\n" + "=" * 78)
+    print(f"Best epoch {best_epoch}: validation accuracy {best_val_acc:.2%}")
+    print(f"Test accuracy {test_acc:.2%}, test loss {test_loss:.4f}  "
+          f"(wall time {results['wall_time_s']:.0f}s)")
+    print(f"Outputs in {out}: results.json, history.jsonl, training_curves.png, data_samples.png, "
+          f"class_means.png, pixel_histogram.png, {MODEL_FILE}")
+    return results
+
+
+if __name__ == "__main__":
+    sys.exit(main()["exit_code"])
