@@ -78,7 +78,7 @@ def _torchvision_root(raw_dir: Path, fallback_root: Path) -> Path:
         out = target / name
         if out.is_file():
             continue
-        tmp = target / f".{name}.partial"
+        tmp = target / f".{name}.{os.getpid()}.partial"  # per process: parallel runs may unpack at once
         if (raw_dir / name).is_file():
             shutil.copyfile(raw_dir / name, tmp)
         else:

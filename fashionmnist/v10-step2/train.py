@@ -72,6 +72,7 @@ SEED = 42  # one seed for Python, NumPy, PyTorch and CUDA: a bug you can reprodu
 EPOCHS = 20  # MyNN plateaus on the validation set around here with a constant learning rate
 BATCH_SIZE = 128  # small enough for many updates per epoch, large enough to be fast on a CPU
 LEARNING_RATE = 1e-3  # Adam's default; a safe first choice before any tuning
+LR_SCHEDULE = "cosine"  # decay to 0 over the run, so the last epochs take small steps; or "constant"
 DROPOUT = 0.4  # MyNN's two hidden FC layers overfit quickly without it
 VAL_SIZE = 5000  # held out of the 60,000 training images to pick the best epoch; the test set stays untouched
 DEVICE = "auto"  # cuda, then mps, then cpu
@@ -269,7 +270,7 @@ class TrainingDiverged(Exception):
     """The loss became NaN or infinite; the message holds the diagnosis."""
 
 
-def train_one_epoch(model, loader, optimizer, device, epoch: int, epochs: int, global_step: int,
+def train_one_epoch(model, loader, optimizer, scheduler, device, epoch: int, epochs: int, global_step: int,
                     batch_losses: list[float]):
     """One pass over the training data; appends every batch's loss to `batch_losses` (step 4)
     and stops with a diagnosis on the first non-finite loss."""
@@ -291,6 +292,7 @@ def train_one_epoch(model, loader, optimizer, device, epoch: int, epochs: int, g
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf")).item()  # measures only
         optimizer.step()
+        scheduler.step()
         global_step += 1
         batch_losses.append(loss.item())
         total_loss += loss.item() * len(labels)
@@ -314,6 +316,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=EPOCHS)
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     p.add_argument("--lr", type=float, default=LEARNING_RATE)
+    p.add_argument("--lr-schedule", choices=["cosine", "constant"], default=LR_SCHEDULE)
     p.add_argument("--dropout", type=float, default=DROPOUT)
     p.add_argument("--val-size", type=int, default=VAL_SIZE)
     p.add_argument("--loss-at-init-tolerance", type=float, default=LOSS_AT_INIT_TOLERANCE)
@@ -396,7 +399,7 @@ def main(argv=None) -> dict:
     # 1. Setup ---------------------------------------------------------------
     print("=" * 78)
     print(f"Fashion-MNIST v10-step2 | device {results['device']} | torch {torch.__version__} | seed {cfg.seed}")
-    print(f"epochs {cfg.epochs}, batch size {cfg.batch_size}, lr {cfg.lr}, dropout {cfg.dropout}"
+    print(f"epochs {cfg.epochs}, batch size {cfg.batch_size}, lr {cfg.lr} ({cfg.lr_schedule}), dropout {cfg.dropout}"
           + (" | QUICK MODE" if cfg.quick else ""))
     print("=" * 78)
     try:
@@ -462,6 +465,11 @@ def main(argv=None) -> dict:
     # 4. Training, monitored batch by batch and on a fixed batch ---------------
     print("\n--- Training ---")
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    total_steps = cfg.epochs * len(train_loader)
+    def lr_factor(step: int) -> float:
+        return 0.5 * (1 + math.cos(math.pi * step / total_steps)) if cfg.lr_schedule == "cosine" else 1.0
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     history_path = out / "history.jsonl"
     history_path.write_text("")
     best_val_acc, best_epoch, global_step, epoch = -1.0, 0, 0, 0
@@ -474,11 +482,11 @@ def main(argv=None) -> dict:
             epoch_started = time.perf_counter()
             first_batch = len(batch_losses)
             train_loss, train_acc, global_step = train_one_epoch(
-                model, train_loader, optimizer, device, epoch, cfg.epochs, global_step, batch_losses)
+                model, train_loader, optimizer, scheduler, device, epoch, cfg.epochs, global_step, batch_losses)
             val_loss, val_acc = evaluate(model, val_loader, device)
             tracker.update(model, epoch)
             record = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc,
-                      "val_loss": val_loss, "val_accuracy": val_acc, "learning_rate": cfg.lr,
+                      "val_loss": val_loss, "val_accuracy": val_acc, "learning_rate": scheduler.get_last_lr()[0],
                       "seconds": time.perf_counter() - epoch_started, "batch_losses": batch_losses[first_batch:]}
             with open(history_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
