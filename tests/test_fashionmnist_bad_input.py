@@ -1,0 +1,177 @@
+"""Bad input for fashionmnist/v9-step1 and v10-step2: missing data, wrong flags, an
+unwritable output folder and a diverging run each end with a clear message, the
+documented exit code, no traceback, and nothing already written lost."""
+from __future__ import annotations
+
+import json
+import re
+import sys
+
+import pytest
+import torch
+
+from conftest import load_version
+from fmnist_helpers import (  # noqa: F401  (fixtures)
+    V9,
+    V10,
+    fmnist_data,
+    one_torch_thread,
+    generated_data,
+    load_checkpoint_into,
+    quick_args,
+    read_jsonl,
+)
+
+VERSIONS = [V9, V10]
+# v10 only: switch off the checks that cost seconds where a test is about something else
+FAST = {V9: [], V10: ["--no-human-baseline", "--no-input-independent-baseline", "--no-overfit-test",
+                      "--no-batch-independence-test"]}
+
+
+def run_main(train, argv):
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(argv)
+    return exit_info.value.code
+
+
+@pytest.fixture
+def no_data_anywhere(monkeypatch, tmp_path):
+    """No network, no DATA_DIR, an empty repository cache and no system copy."""
+    import shared.data
+
+    monkeypatch.setenv("DATA_OFFLINE", "1")
+    monkeypatch.delenv("DATA_DIR", raising=False)
+    empty_cache = tmp_path / "empty_cache"
+    empty_cache.mkdir()
+    monkeypatch.setattr(shared.data, "DATA_CACHE", empty_cache)
+    monkeypatch.setattr(shared.data, "FASHION_MNIST_SYSTEM_DIRS", [])
+    return empty_cache
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_missing_data_exits_2_saying_where_it_looked(version, no_data_anywhere, tmp_path, capsys):
+    train = load_version(version)
+    # train.py imported the function by name; it must read the (patched) module globals at call time
+    assert train.fashion_mnist_root.__globals__ is sys.modules["shared.data"].__dict__
+    assert run_main(train, ["--quick", "--device", "cpu", "--out", str(tmp_path / "out"), *FAST[version]]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: Fashion-MNIST was not found. Looked in:")
+    assert f"repository cache: {no_data_anywhere}" in err
+    assert "/usr/share/datasets" not in err  # the system copy was switched off
+    assert "skipped because DATA_OFFLINE is set" in err
+    assert "apt-get install dataset-fashion-mnist" in err and "--data-dir" in err  # how to get it
+    assert "Traceback" not in err
+    assert not (tmp_path / "out" / "results.json").exists()
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_empty_explicit_data_dir_exits_2(version, no_data_anywhere, tmp_path, capsys):
+    train = load_version(version)
+    empty = tmp_path / "my_data"
+    empty.mkdir()
+    assert run_main(train, quick_args(tmp_path / "out", empty) + FAST[version]) == 2
+    err = capsys.readouterr().err
+    assert f"--data-dir: {empty}" in err
+    assert "repository cache" not in err  # an explicit --data-dir is the only place looked at
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("argv, message", [
+    (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+    (["--epochs", "two"], "invalid int value: 'two'"),
+    (["--lr", "0"], "--lr > 0"),
+    (["--dropout", "1.0"], "0 <= --dropout < 1"),
+    (["--device", "tpu"], "invalid choice: 'tpu'"),
+])
+def test_wrong_flags_exit_2(version, argv, message, tmp_path, capsys):
+    train = load_version(version)
+    assert run_main(train, [*argv, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "usage:" in err
+    assert not (tmp_path / "out").exists()  # rejected before anything is written
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_v10_only_flags_are_rejected_by_v9(version, tmp_path, capsys):
+    train = load_version(version)
+    if version == V9:
+        assert run_main(train, ["--no-overfit-test", "--out", str(tmp_path)]) == 2
+        assert "unrecognized arguments: --no-overfit-test" in capsys.readouterr().err
+    else:
+        assert train.parse_args(["--no-overfit-test"]).overfit_test is False
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("where", ["under_a_file", "is_a_file"])
+def test_unwritable_out_exits_2(version, where, tmp_path, capsys):
+    """Tests run as root, so chmod cannot make a folder unwritable; a path through a regular file can."""
+    train = load_version(version)
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a regular file")
+    out = blocker / "out" if where == "under_a_file" else blocker
+    assert run_main(train, quick_args(out, "unused")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot write to output folder {out}")
+    assert "Choose another with --out" in err and "Traceback" not in err
+    assert blocker.read_text() == "a regular file"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("version", VERSIONS)
+def test_cuda_requested_without_gpu_exits_2(version, tmp_path, capsys):
+    train = load_version(version)
+    assert run_main(train, ["--device", "cuda", "--out", str(tmp_path / "out")]) == 2
+    assert "no CUDA GPU is available (try --device cpu)" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------
+# A diverging run: exit 1, status "diverged" with the diagnosis, history kept
+# ---------------------------------------------------------------------------
+DIAGNOSIS = re.compile(r"non-finite loss (nan|inf|-inf) at step (\d+) \(epoch (\d+)\); learning rate \S+; "
+                       r"gradient norm of the previous step \S+\. Usual causes: learning rate too high")
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_huge_learning_rate_diverges_in_quick_mode(version, fmnist_data, tmp_path, capsys):
+    """Adam with lr 1e6 moves every weight by ~1e6 in one step: the loss is NaN within a
+    few steps (measured: step 2 on the real data and on the generated data)."""
+    train = load_version(version)
+    out = tmp_path / "out"
+    assert run_main(train, quick_args(out, fmnist_data[0], "--lr", "1e6") + FAST[version]) == 1
+    results = json.loads((out / "results.json").read_text())
+    assert results["status"] == "diverged"
+    match = DIAGNOSIS.search(results["error"])
+    assert match, results["error"]
+    assert int(match.group(2)) >= 1  # the loss at init is finite; the updates blew it up
+    assert results["config"]["lr"] == 1e6 and results["best_epoch"] == 0
+    assert (out / "history.jsonl").exists()  # kept (quick mode has one epoch, so nothing in it yet)
+    assert not (out / "training_curves.png").exists()  # no curve from zero finished epochs
+    err = capsys.readouterr().err
+    assert "Training diverged: non-finite loss" in err and "Kept:" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_divergence_after_some_epochs_keeps_history_and_checkpoint(version, generated_data, tmp_path, capsys):
+    """One batch per epoch (the small generated set, not --quick, which has one epoch only):
+    epoch 1's step starts from the finite loss at init, so at least one epoch is recorded
+    before lr 1e6 makes the loss NaN; everything written until then must stay."""
+    train = load_version(version)
+    out = tmp_path / "out"
+    argv = ["--device", "cpu", "--out", str(out), "--data-dir", str(generated_data), "--val-size", "256",
+            "--batch-size", "1024", "--epochs", "6", "--lr", "1e6", *FAST[version]]
+    assert run_main(train, argv) == 1
+    results = json.loads((out / "results.json").read_text())
+    assert results["status"] == "diverged"
+    match = DIAGNOSIS.search(results["error"])
+    assert match, results["error"]
+    failed_epoch = int(match.group(3))
+    assert failed_epoch >= 2
+    history = read_jsonl(out / "history.jsonl")
+    assert [h["epoch"] for h in history] == list(range(1, failed_epoch))
+    assert 1 <= results["best_epoch"] < failed_epoch
+    model, checkpoint = load_checkpoint_into(train, out / train.MODEL_FILE)
+    assert checkpoint["epoch"] == results["best_epoch"]
+    assert (out / "training_curves.png").is_file()  # drawn from the epochs that finished
+    err = capsys.readouterr().err
+    assert f"epochs done: {failed_epoch - 1}" in err and "Traceback" not in err
