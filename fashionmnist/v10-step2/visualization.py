@@ -261,8 +261,8 @@ def write_report(results: dict, out_path: Path) -> None:
     ]
     for name, c in results["checks"].items():
         value = f"{c['value']:.4f}" if isinstance(c["value"], float) else c["value"]
-        lines.append(f"| {name} | {'PASS' if c['passed'] else '**FAIL**'} | {value} | {c['threshold']} | "
-                     f"{c['criterion']} |")
+        criterion = c["criterion"].replace("|", "\\|")  # a bare | would split the Markdown table row
+        lines.append(f"| {name} | {'PASS' if c['passed'] else '**FAIL**'} | {value} | {c['threshold']} | {criterion} |")
     lines += ["", "## Plots", ""]
     for name in results["outputs"]:
         if name.endswith(".png"):

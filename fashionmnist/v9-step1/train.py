@@ -161,8 +161,12 @@ def load_raw_data(data_dir):
     from torchvision.datasets import FashionMNIST
 
     root = fashion_mnist_root(data_dir)
-    train = FashionMNIST(str(root), train=True, download=False)
-    test = FashionMNIST(str(root), train=False, download=False)
+    try:
+        train = FashionMNIST(str(root), train=True, download=False)
+        test = FashionMNIST(str(root), train=False, download=False)
+    except (RuntimeError, ValueError, OSError) as err:
+        raise DataNotFoundError(f"the Fashion-MNIST files in {root / 'FashionMNIST' / 'raw'} are unreadable "
+                                f"({err}); delete them and run again to unpack or download a fresh copy") from None
     return train.data, train.targets, test.data, test.targets, list(train.classes)
 
 
@@ -288,8 +292,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--val-size", type=int, default=VAL_SIZE)
     p.add_argument("--loss-at-init-tolerance", type=float, default=LOSS_AT_INIT_TOLERANCE)
     args = p.parse_args(argv)
-    if args.epochs < 1 or args.batch_size < 1 or args.lr <= 0 or not 0 <= args.dropout < 1:
-        p.error("--epochs and --batch-size must be >= 1, --lr > 0, 0 <= --dropout < 1")
+    if (args.epochs < 1 or args.batch_size < 1 or args.val_size < 1 or not math.isfinite(args.lr) or args.lr <= 0
+            or not 0 <= args.dropout < 1):
+        p.error("--epochs, --batch-size and --val-size must be >= 1, --lr a number > 0, 0 <= --dropout < 1")
     if args.quick:
         args.epochs = min(args.epochs, QUICK_EPOCHS)
     return args
@@ -421,6 +426,9 @@ def main(argv=None) -> dict:
             train_loss, train_acc, global_step = train_one_epoch(
                 model, train_loader, optimizer, scheduler, device, epoch, cfg.epochs, global_step)
             val_loss, val_acc = evaluate(model, val_loader, device)
+            if not math.isfinite(val_loss):  # the weights blew up within the epoch: do not save them as "best"
+                raise TrainingDiverged(f"validation loss is {val_loss} after epoch {epoch} (step {global_step}); "
+                                       f"learning rate {optimizer.param_groups[0]['lr']:g}. Lower --lr.")
             record = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc,
                       "val_loss": val_loss, "val_accuracy": val_acc, "learning_rate": scheduler.get_last_lr()[0],
                       "seconds": time.perf_counter() - epoch_started}
@@ -438,14 +446,15 @@ def main(argv=None) -> dict:
         interrupted = isinstance(err, KeyboardInterrupt)
         results.update(status="interrupted" if interrupted else "diverged",
                        error=None if interrupted else str(err), best_epoch=best_epoch,
-                       best_val_accuracy=best_val_acc, wall_time_s=time.perf_counter() - started)
+                       best_val_accuracy=best_val_acc, exit_code=130 if interrupted else 1,
+                       wall_time_s=time.perf_counter() - started)
         write_json(results_path, results)
         if epoch > 1:
             plot_training_curves(history_path, out / "training_curves.png")
         print(f"\n{'Interrupted' if interrupted else 'Training diverged: ' + str(err)}\n"
-              f"Kept: {history_path} (epochs done: {epoch - 1}), {out / MODEL_FILE} (best epoch {best_epoch}), "
-              f"{results_path}", file=sys.stderr)
-        raise SystemExit(130 if interrupted else 1) from None
+              f"Kept: {history_path} (epochs done: {epoch - 1}), {results_path}"
+              + (f", {out / MODEL_FILE} (best epoch {best_epoch})" if best_epoch else ""), file=sys.stderr)
+        raise SystemExit(results["exit_code"]) from None
     results["train_time_s"] = time.perf_counter() - train_started
     plot_training_curves(history_path, out / "training_curves.png")
 
