@@ -80,7 +80,7 @@ def test_empty_explicit_data_dir_exits_2(version, no_data_anywhere, tmp_path, ca
 @pytest.mark.parametrize("argv, message", [
     (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
     (["--epochs", "two"], "invalid int value: 'two'"),
-    (["--lr", "0"], "--lr > 0"),
+    (["--lr", "0"], "--lr a number > 0"),
     (["--dropout", "1.0"], "0 <= --dropout < 1"),
     (["--device", "tpu"], "invalid choice: 'tpu'"),
 ])
@@ -151,24 +151,41 @@ def test_huge_learning_rate_diverges_in_quick_mode(version, fmnist_data, tmp_pat
     assert "Training diverged: non-finite loss" in err and "Kept:" in err and "Traceback" not in err
 
 
+def model_that_turns_nan_at_training_step(train, nan_step):
+    """MyNN whose training forward passes return NaN from the `nan_step`-th on: a run that
+    diverges after some finished epochs. (A huge --lr cannot stage this: its first step
+    already makes epoch 1's validation loss NaN, which is divergence too.)"""
+    class MyNNTurningNaN(train.MyNN):
+        def forward(self, x):
+            logits = super().forward(x)
+            if self.training and torch.is_grad_enabled():
+                self.training_steps = getattr(self, "training_steps", 0) + 1
+                if self.training_steps >= nan_step:
+                    return logits * float("nan")
+            return logits
+    return MyNNTurningNaN
+
+
 @pytest.mark.parametrize("version", VERSIONS)
-def test_divergence_after_some_epochs_keeps_history_and_checkpoint(version, generated_data, tmp_path, capsys):
-    """One batch per epoch (the small generated set, not --quick, which has one epoch only):
-    epoch 1's step starts from the finite loss at init, so at least one epoch is recorded
-    before lr 1e6 makes the loss NaN; everything written until then must stay."""
+def test_divergence_after_some_epochs_keeps_history_and_checkpoint(version, generated_data, tmp_path, capsys,
+                                                                   monkeypatch):
+    """One batch per epoch (the small generated set at batch size 1024), NaN from the third
+    training step on: epochs 1 and 2 finish, epoch 3 diverges on its first step (global step 2,
+    counted from 0); everything written until then must stay."""
     train = load_version(version)
+    monkeypatch.setattr(train, "MyNN", model_that_turns_nan_at_training_step(train, nan_step=3))
     out = tmp_path / "out"
     argv = ["--device", "cpu", "--out", str(out), "--data-dir", str(generated_data), "--val-size", "256",
-            "--batch-size", "1024", "--epochs", "6", "--lr", "1e6", *FAST[version]]
+            "--batch-size", "1024", "--epochs", "6", *FAST[version]]
     assert run_main(train, argv) == 1
     results = json.loads((out / "results.json").read_text())
     assert results["status"] == "diverged"
     match = DIAGNOSIS.search(results["error"])
     assert match, results["error"]
     failed_epoch = int(match.group(3))
-    assert failed_epoch >= 2
+    assert (match.group(1), int(match.group(2)), failed_epoch) == ("nan", 2, 3)
     history = read_jsonl(out / "history.jsonl")
-    assert [h["epoch"] for h in history] == list(range(1, failed_epoch))
+    assert [h["epoch"] for h in history] == [1, 2]
     assert 1 <= results["best_epoch"] < failed_epoch
     model, checkpoint = load_checkpoint_into(train, out / train.MODEL_FILE)
     assert checkpoint["epoch"] == results["best_epoch"]
