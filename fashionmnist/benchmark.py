@@ -4,11 +4,16 @@
     python fashionmnist/benchmark.py --devices cpu --threads 2
 
 Prints figures; it is not a test. The checks' share is measured against a
-full default run estimated as EPOCHS x (one epoch) + checks.
+full default run estimated as EPOCHS x (one epoch) + checks. Each device's
+figures are also written to <--out>/benchmark_<device>.json, the record that
+README numbers are copied from.
 """
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -36,7 +41,7 @@ def timed(fn):
     return time.perf_counter() - start
 
 
-def benchmark(device: torch.device, raw, out: Path) -> None:
+def benchmark(device: torch.device, raw, out: Path, command: str, measured_epochs: int) -> None:
     cfg = train.parse_args(["--device", str(device.type)])
     train.set_seed(cfg.seed)
     train_set, val_set, test_set = train.split_data(*raw, cfg, device)
@@ -56,7 +61,9 @@ def benchmark(device: torch.device, raw, out: Path) -> None:
 
     if device.type == "cuda":
         one_epoch()  # warm-up: CUDA context and kernel selection are not part of an epoch
-    epoch_s = timed(one_epoch)
+    # The median of several epochs: on a shared machine one epoch can be 20% off either way.
+    epoch_times = [timed(one_epoch) for _ in range(measured_epochs)]
+    epoch_s = statistics.median(epoch_times)
     checks = {
         "input_independent_baseline": lambda: test_input_independent_baseline(
             train_loader, test_loader, device, model_fn=train.MyNN, steps=cfg.baseline_steps),
@@ -75,11 +82,25 @@ def benchmark(device: torch.device, raw, out: Path) -> None:
     name = train.device_name(device)
     print(f"\n{name}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
           f"batch size {cfg.batch_size}, {len(train_set)} training images")
-    print(f"  seconds per training epoch: {epoch_s:.2f}")
+    print(f"  seconds per training epoch: {epoch_s:.2f} (median of {', '.join(f'{t:.2f}' for t in epoch_times)})")
     for check, seconds in times.items():
         print(f"  {check:<34}{seconds:8.2f} s")
     print(f"  all checks: {total_checks:.2f} s = {100 * total_checks / full_run:.1f}% of an estimated full "
           f"default run ({cfg.epochs} epochs + checks = {full_run:.0f} s)")
+    record = {
+        "command": command,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device": name, "torch": torch.__version__, "cpu_threads": torch.get_num_threads(),
+        "batch_size": cfg.batch_size, "training_images": len(train_set), "epochs_in_full_run": cfg.epochs,
+        "seconds_per_epoch": round(epoch_s, 2),
+        "measured_epoch_seconds": [round(t, 2) for t in epoch_times],
+        "check_seconds": {k: round(v, 2) for k, v in times.items()},
+        "all_checks_seconds": round(total_checks, 2), "estimated_full_run_seconds": round(full_run, 1),
+        "checks_share_percent": round(100 * total_checks / full_run, 1),
+    }
+    path = out / f"benchmark_{device.type}.json"
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"  written: {path}")
 
 
 def main(argv=None) -> None:
@@ -88,13 +109,18 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's choice)")
     p.add_argument("--data-dir", type=Path, default=None)
     p.add_argument("--out", type=Path, default=Path("/tmp/fashionmnist-benchmark"))
+    p.add_argument("--measured-epochs", type=int, default=3, help="epochs timed; their median is reported")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    raw = train.load_raw_data(args.data_dir)
+    try:
+        raw = train.load_raw_data(args.data_dir)
+    except train.DataNotFoundError as err:
+        sys.exit(f"error: {err}")  # where it looked and how to get the data; exit code 1
+    command = " ".join(["python fashionmnist/benchmark.py", *(sys.argv[1:] if argv is None else argv)])
     for device in args.devices:
-        benchmark(torch.device(device), raw, args.out)
+        benchmark(torch.device(device), raw, args.out, command, args.measured_epochs)
 
 
 if __name__ == "__main__":

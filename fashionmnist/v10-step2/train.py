@@ -74,11 +74,16 @@ BATCH_SIZE = 128  # small enough for many updates per epoch, large enough to be 
 LEARNING_RATE = 1e-3  # Adam's default; a safe first choice before any tuning
 LR_SCHEDULE = "cosine"  # decay to 0 over the run, so the last epochs take small steps; or "constant"
 DROPOUT = 0.4  # MyNN's two hidden FC layers overfit quickly without it
+WEIGHT_DECAY = 0.0  # AdamW's decoupled weight decay; 0 is plain Adam
 VAL_SIZE = 5000  # held out of the 60,000 training images to pick the best epoch; the test set stays untouched
 DEVICE = "auto"  # cuda, then mps, then cpu
 DATA_DIR = None  # None: look in $DATA_DIR, data/, the Debian package, then download (shared/data.py)
 OUT_DIR = VERSION_DIR / "outputs"  # plots, results.json, history.jsonl, best model
 LOSS_AT_INIT_TOLERANCE = 0.3  # |loss - ln(10)| allowed at init; beyond it the init (or the loss) is wrong
+# A loss above this (10x the 2.30 at init: the right class gets probability < e^-25) stops
+# training as diverged, like NaN does: a huge learning rate often explodes the loss to 1e29
+# and beyond without ever making it NaN, and such a run only wastes the remaining epochs.
+DIVERGED_LOSS = 25.0
 
 # Debug flags: switch single steps off (or use --no-human-baseline etc.) when iterating fast.
 RUN_HUMAN_BASELINE = True  # step 1: 16 test images and the human reference accuracy (83.5%)
@@ -274,35 +279,48 @@ class TrainingDiverged(Exception):
     """The loss became NaN or infinite; the message holds the diagnosis."""
 
 
+def previous_gradient_norm(model: nn.Module) -> float:
+    """Norm of the gradients still held from the last backward pass (nan before the first).
+
+    Read only when the loss turns non-finite: the guard runs before zero_grad, so the
+    previous step's gradients are still there, and measuring every step would cost
+    ~7% of a CPU epoch for a number that is only needed in the diagnosis."""
+    grads = [p.grad.detach().flatten() for p in model.parameters() if p.grad is not None]
+    return torch.cat(grads).norm().item() if grads else float("nan")
+
+
 def train_one_epoch(model, loader, optimizer, scheduler, device, epoch: int, epochs: int, global_step: int,
-                    batch_losses: list[float]):
+                    batch_losses: list[float], diverged_loss: float = DIVERGED_LOSS):
     """One pass over the training data; appends every batch's loss to `batch_losses` (step 4)
-    and stops with a diagnosis on the first non-finite loss."""
+    and stops with a diagnosis on the first loss that is not finite or above `diverged_loss`."""
     model.train()
     total_loss, correct, seen = 0.0, 0, 0
-    grad_norm = float("nan")
     progress = tqdm(loader, desc=f"epoch {epoch}/{epochs}", leave=False, dynamic_ncols=True)
     for images, labels in progress:
         logits = model(images)
         loss = F.cross_entropy(logits, labels)
-        if not torch.isfinite(loss):
+        loss_value = loss.item()
+        if not math.isfinite(loss_value) or loss_value > diverged_loss:
             # Stop before the bad loss reaches the weights: the best checkpoint and
             # history on disk stay as the last good state.
+            verdict = ("is not finite" if not math.isfinite(loss_value)
+                       else f"is above --diverged-loss {diverged_loss:g}")
             raise TrainingDiverged(
-                f"non-finite loss {loss.item()} at step {global_step} (epoch {epoch}); "
+                f"loss {loss_value:.3g} at step {global_step} (epoch {epoch}) {verdict}; "
                 f"learning rate {optimizer.param_groups[0]['lr']:g}; gradient norm of the previous step "
-                f"{grad_norm:.3g}. Usual causes: learning rate too high, inputs not scaled to [0, 1], log of 0.")
+                f"{previous_gradient_norm(model):.3g}. Usual causes: learning rate too high, "
+                f"inputs not scaled to [0, 1], log of 0.")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf")).item()  # measures only
         optimizer.step()
         scheduler.step()
         global_step += 1
-        batch_losses.append(loss.item())
-        total_loss += loss.item() * len(labels)
+        batch_losses.append(loss_value)
+        total_loss += loss_value * len(labels)
         correct += (logits.argmax(1) == labels).sum().item()
         seen += len(labels)
-        progress.set_postfix(loss=f"{loss.item():.4f}")
+        # refresh=False: the bar redraws at its own pace, not on every step
+        progress.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
     return total_loss / seen, correct / seen, global_step
 
 
@@ -322,8 +340,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=LEARNING_RATE)
     p.add_argument("--lr-schedule", choices=["cosine", "constant"], default=LR_SCHEDULE)
     p.add_argument("--dropout", type=float, default=DROPOUT)
+    p.add_argument("--weight-decay", type=float, default=WEIGHT_DECAY)
     p.add_argument("--val-size", type=int, default=VAL_SIZE)
     p.add_argument("--loss-at-init-tolerance", type=float, default=LOSS_AT_INIT_TOLERANCE)
+    p.add_argument("--diverged-loss", type=float, default=DIVERGED_LOSS)
     p.add_argument("--human-baseline", action=argparse.BooleanOptionalAction, default=RUN_HUMAN_BASELINE)
     p.add_argument("--input-independent-baseline", action=argparse.BooleanOptionalAction,
                    default=RUN_INPUT_INDEPENDENT_BASELINE)
@@ -335,11 +355,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--overfit-max-loss", type=float, default=OVERFIT_MAX_LOSS)
     p.add_argument("--max-train-test-gap", type=float, default=MAX_TRAIN_TEST_GAP)
     args = p.parse_args(argv)
+    if not args.diverged_loss > 0:
+        p.error("--diverged-loss must be > 0 (inf switches the explosion stop off; NaN always stops)")
     if args.baseline_steps < 1 or args.overfit_steps < 0:
         p.error("--baseline-steps must be >= 1 and --overfit-steps >= 0")
     if (args.epochs < 1 or args.batch_size < 1 or args.val_size < 1 or not math.isfinite(args.lr) or args.lr <= 0
-            or not 0 <= args.dropout < 1):
-        p.error("--epochs, --batch-size and --val-size must be >= 1, --lr a number > 0, 0 <= --dropout < 1")
+            or not 0 <= args.dropout < 1 or not args.weight_decay >= 0):
+        p.error("--epochs, --batch-size and --val-size must be >= 1, --lr a number > 0, 0 <= --dropout < 1, "
+                "--weight-decay >= 0")
     if args.quick:
         args.epochs = min(args.epochs, QUICK_EPOCHS)
         args.baseline_steps = min(args.baseline_steps, QUICK_BASELINE_STEPS)
@@ -471,7 +494,7 @@ def main(argv=None) -> dict:
 
     # 4. Training, monitored batch by batch and on a fixed batch ---------------
     print("\n--- Training ---")
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     total_steps = cfg.epochs * len(train_loader)
     def lr_factor(step: int) -> float:
         return 0.5 * (1 + math.cos(math.pi * step / total_steps)) if cfg.lr_schedule == "cosine" else 1.0
@@ -489,10 +512,12 @@ def main(argv=None) -> dict:
             epoch_started = time.perf_counter()
             first_batch = len(batch_losses)
             train_loss, train_acc, global_step = train_one_epoch(
-                model, train_loader, optimizer, scheduler, device, epoch, cfg.epochs, global_step, batch_losses)
+                model, train_loader, optimizer, scheduler, device, epoch, cfg.epochs, global_step, batch_losses,
+                cfg.diverged_loss)
             val_loss, val_acc = evaluate(model, val_loader, device)
-            if not math.isfinite(val_loss):  # the weights blew up within the epoch: do not save them as "best"
-                raise TrainingDiverged(f"validation loss is {val_loss} after epoch {epoch} (step {global_step}); "
+            if not val_loss <= cfg.diverged_loss:  # NaN too: the weights blew up within the epoch; not a "best"
+                raise TrainingDiverged(f"validation loss {val_loss:.3g} after epoch {epoch} (step {global_step}) "
+                                       f"is not finite or above --diverged-loss {cfg.diverged_loss:g}; "
                                        f"learning rate {optimizer.param_groups[0]['lr']:g}. Lower --lr.")
             tracker.update(model, epoch)
             record = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc,
