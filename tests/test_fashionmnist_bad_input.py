@@ -83,6 +83,7 @@ def test_empty_explicit_data_dir_exits_2(version, no_data_anywhere, tmp_path, ca
     (["--lr", "0"], "--lr a number > 0"),
     (["--dropout", "1.0"], "0 <= --dropout < 1"),
     (["--diverged-loss", "0"], "--diverged-loss must be > 0"),
+    (["--weight-decay", "-0.1"], "--weight-decay >= 0"),
     (["--device", "tpu"], "invalid choice: 'tpu'"),
 ])
 def test_wrong_flags_exit_2(version, argv, message, tmp_path, capsys):
