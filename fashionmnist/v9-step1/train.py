@@ -372,7 +372,7 @@ def main(argv=None) -> dict:
     results = {
         "version": "fashionmnist/v9-step1",
         "status": "running",
-        "command": "python train.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": " ".join(["python train.py", *(sys.argv[1:] if argv is None else argv)]),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(cfg).items()},
         "seed": cfg.seed,
