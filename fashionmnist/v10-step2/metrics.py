@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from debug_tools import CheckResult
+
 
 @torch.no_grad()
 def evaluate(model, loader, device) -> tuple[float, float]:
@@ -89,8 +91,6 @@ def compare_train_test_metrics(train_metrics: dict, test_metrics: dict, max_gap:
     Both are measured in eval mode (no dropout), so the gap is not inflated by
     the noise dropout adds during training.
     """
-    from debug_tools import CheckResult
-
     rows = [("accuracy", "accuracy"), ("loss", "loss"), ("top-3", "top3_accuracy"), ("macro F1", "macro_f1")]
     print(f"\n  {'metric':<10}{'train':>10}{'test':>10}{'gap':>10}")
     for label, key in rows:
