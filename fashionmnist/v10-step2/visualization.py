@@ -46,7 +46,7 @@ def plot_samples_per_class(images, labels, classes, out_path: Path, per_class: i
             ax = axes[row, col]
             ax.axis("off")
             if col < len(indices):
-                ax.imshow(images[indices[col]], cmap="gray", vmin=0, vmax=255)
+                ax.imshow(images[indices[col]].numpy(), cmap="gray", vmin=0, vmax=255)
         axes[row, 0].set_title(name, fontsize=8, loc="left")
     fig.suptitle("Training samples per class (raw pixels)")
     fig.tight_layout()
@@ -58,7 +58,7 @@ def plot_class_means(images, labels, classes, out_path: Path) -> None:
     """The average image of each class: the 'prototype' a linear model would learn."""
     fig, axes = plt.subplots(2, (len(classes) + 1) // 2, figsize=(12, 5))
     for i, (ax, name) in enumerate(zip(axes.flat, classes)):
-        ax.imshow(images[labels == i].float().mean(0), cmap="magma")
+        ax.imshow(images[labels == i].float().mean(0).numpy(), cmap="magma")
         ax.set_title(name, fontsize=9)
         ax.axis("off")
     fig.suptitle("Per-class mean image")
@@ -83,7 +83,7 @@ def plot_human_baseline_samples(images, labels, classes, out_path: Path) -> None
     rows = (len(images) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.2, rows * 2.4))
     for ax, image, label in zip(axes.flat, images, labels):
-        ax.imshow(image.squeeze(0), cmap="gray", vmin=0, vmax=1)
+        ax.imshow(image.squeeze(0).cpu().numpy(), cmap="gray", vmin=0, vmax=1)
         ax.set_title(classes[label], fontsize=9)
         ax.axis("off")
     for ax in list(axes.flat)[len(images):]:
@@ -100,7 +100,7 @@ def plot_input_visualization(images, labels, classes, stats: dict, out_path: Pat
     grid = fig.add_gridspec(2, 10)
     for i, (image, label) in enumerate(zip(images[:16], labels[:16])):
         ax = fig.add_subplot(grid[i // 8, i % 8])
-        ax.imshow(image.squeeze(0), cmap="gray")  # no vmin/vmax: show the values as they are
+        ax.imshow(image.squeeze(0).cpu().numpy(), cmap="gray")  # no vmin/vmax: show the values as they are
         ax.set_title(classes[int(label)], fontsize=7)
         ax.axis("off")
     ax_hist = fig.add_subplot(grid[:, 8:])
@@ -199,7 +199,7 @@ def plot_misclassifications(images, mistakes: list[dict], classes, out_path: Pat
     for ax in axes.flat:
         ax.axis("off")
     for ax, m in zip(axes.flat, mistakes):
-        ax.imshow(images[m["index"]].squeeze(0).cpu(), cmap="gray", vmin=0, vmax=1)
+        ax.imshow(images[m["index"]].squeeze(0).cpu().numpy(), cmap="gray", vmin=0, vmax=1)
         ax.set_title(f"true: {classes[m['true']]}\npred: {classes[m['predicted']]} ({m['confidence']:.0%})",
                      fontsize=8)
     fig.suptitle(f"Top-{len(mistakes)} most confident mistakes (test set)")

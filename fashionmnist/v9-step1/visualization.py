@@ -44,7 +44,7 @@ def plot_samples_per_class(images, labels, classes, out_path: Path, per_class: i
             ax = axes[row, col]
             ax.axis("off")
             if col < len(indices):
-                ax.imshow(images[indices[col]], cmap="gray", vmin=0, vmax=255)
+                ax.imshow(images[indices[col]].numpy(), cmap="gray", vmin=0, vmax=255)
         axes[row, 0].set_title(name, fontsize=8, loc="left")
     fig.suptitle("Training samples per class (raw pixels)")
     fig.tight_layout()
@@ -56,7 +56,7 @@ def plot_class_means(images, labels, classes, out_path: Path) -> None:
     """The average image of each class: the 'prototype' a linear model would learn."""
     fig, axes = plt.subplots(2, (len(classes) + 1) // 2, figsize=(12, 5))
     for i, (ax, name) in enumerate(zip(axes.flat, classes)):
-        ax.imshow(images[labels == i].float().mean(0), cmap="magma")
+        ax.imshow(images[labels == i].float().mean(0).numpy(), cmap="magma")
         ax.set_title(name, fontsize=9)
         ax.axis("off")
     fig.suptitle("Per-class mean image")
