@@ -24,7 +24,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.data import DATA_CACHE, DataNotFoundError, offline
+from shared.data import DATA_CACHE, DataNotFoundError, try_download
 
 IMAGE_FOLDER = "imagefolder"
 TORCHVISION = "torchvision"
@@ -89,16 +89,11 @@ def find_cifar100(data_dir: str | os.PathLike | None = None) -> Cifar100Source:
         looked.append(f"  - {label}: {base / 'cifar-100-python'} (torchvision archive: not there)")
 
     download_root = candidates[0][1] if data_dir is not None else DATA_CACHE
-    download_error = "skipped because DATA_OFFLINE is set"
-    if not offline():
-        try:
-            from torchvision.datasets import CIFAR100
+    from torchvision.datasets import CIFAR100
 
-            CIFAR100(str(download_root), train=True, download=True)
-            CIFAR100(str(download_root), train=False, download=True)
-            return Cifar100Source(TORCHVISION, download_root, "download")
-        except Exception as err:  # no network, proxy, disk full: all end in the same advice
-            download_error = f"failed ({type(err).__name__}: {err})"
+    download_error = try_download(CIFAR100, download_root)
+    if download_error is None:
+        return Cifar100Source(TORCHVISION, download_root, "download")
 
     raise DataNotFoundError(
         "CIFAR-100 was not found. Looked in:\n"

@@ -88,6 +88,23 @@ def _torchvision_root(raw_dir: Path, fallback_root: Path) -> Path:
     return fallback_root
 
 
+def try_download(dataset_class, root: Path) -> str | None:
+    """Download both splits of a torchvision data set into `root`.
+
+    Returns None on success, else why not, for the "where we looked" message:
+    no network, a proxy, a full disk all end in the same advice, so every
+    exception is turned into one line instead of a traceback.
+    """
+    if offline():
+        return "skipped because DATA_OFFLINE is set"
+    try:
+        dataset_class(str(root), train=True, download=True)
+        dataset_class(str(root), train=False, download=True)
+    except Exception as err:
+        return f"failed ({type(err).__name__}: {err})"
+    return None
+
+
 def fashion_mnist_root(data_dir: str | os.PathLike | None = None, system_dirs: list[Path] | None = None) -> Path:
     """Return a root folder for `torchvision.datasets.FashionMNIST(root, download=False)`."""
     system_dirs = FASHION_MNIST_SYSTEM_DIRS if system_dirs is None else system_dirs
@@ -103,16 +120,11 @@ def fashion_mnist_root(data_dir: str | os.PathLike | None = None, system_dirs: l
                 raise DataNotFoundError(f"Found Fashion-MNIST in {raw} but could not unpack it into {writable}: {err}") from None
 
     download_root = candidates[0][1] if data_dir is not None else DATA_CACHE
-    download_error = "skipped because DATA_OFFLINE is set"
-    if not offline():
-        try:
-            from torchvision.datasets import FashionMNIST
+    from torchvision.datasets import FashionMNIST
 
-            FashionMNIST(str(download_root), train=True, download=True)
-            FashionMNIST(str(download_root), train=False, download=True)
-            return download_root
-        except Exception as err:  # no network, proxy, disk full: all end in the same advice
-            download_error = f"failed ({type(err).__name__}: {err})"
+    download_error = try_download(FashionMNIST, download_root)
+    if download_error is None:
+        return download_root
 
     looked = "\n".join(f"  - {label}: {path}" for label, path in candidates)
     raise DataNotFoundError(

@@ -114,21 +114,6 @@ def generated_data(tmp_path_factory) -> Path:
     return write_generated_fashion_mnist(tmp_path_factory.mktemp("generated_fmnist"))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One intra-op thread for every module that imports this fixture.
-
-    Measured on 2 cores: idle, two threads finish the fashionmnist tests ~20% sooner
-    (2:11 vs 2:39), but when anything else runs on the machine two spinning OpenMP
-    threads slow single checks down up to 25x (overfit_one_batch: 26 s instead of 1 s);
-    one thread stays predictable.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ---------------------------------------------------------------------------
 # Loading a version for a whole module, and cleaning up after it
 # ---------------------------------------------------------------------------

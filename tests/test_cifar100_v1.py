@@ -19,15 +19,6 @@ QUICK = ["--quick", "--device", "cpu", "--width", "8", "--seed", "0"]
 LOSS_SCALE = 65536.0  # GradScaler's initial scale (2**16)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models do not profit from intra-op threads, and on a busy 2-core runner they slow down 10x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """v1 and v2 quick runs with the same data, seed and flags."""

@@ -23,14 +23,6 @@ TRAIN_KEYS = ["epoch", "loss", "accuracy", "learning_rate", "mean_grad_norm", "m
 VAL_KEYS = ["epoch", "loss", "accuracy", "learning_rate", "num_batches"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
     return make_image_folder(tmp_path_factory.mktemp("cifar_v2"))

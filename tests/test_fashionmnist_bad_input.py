@@ -15,7 +15,6 @@ from fmnist_helpers import (  # noqa: F401  (fixtures)
     V9,
     V10,
     fmnist_data,
-    one_torch_thread,
     generated_data,
     load_checkpoint_into,
     quick_args,

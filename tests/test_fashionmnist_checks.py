@@ -21,7 +21,6 @@ from fmnist_helpers import (  # noqa: F401  (fixtures)
     V10,
     VersionContext,
     fmnist_data,
-    one_torch_thread,
     planted_models,
     quick_args,
 )
@@ -254,7 +253,7 @@ def test_preflight_process_exits_1_when_a_check_fails(fmnist_data, tmp_path):
     One Adam step cannot memorise 8 images, so --overfit-steps 1 makes overfit_one_batch fail
     for the reason it exists (training does not reach ~0 loss), without touching the code."""
     args = ["--preflight", *quick_args(tmp_path / "out", fmnist_data[0]), *FAST[:2], "--overfit-steps", "1"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # as in-process (fmnist_helpers.one_torch_thread)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # as in-process (conftest.one_torch_thread)
     proc = subprocess.run([sys.executable, "train.py", *args], cwd=REPO_ROOT / V10, capture_output=True,
                           text=True, timeout=300, env=env)
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]

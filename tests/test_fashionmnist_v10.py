@@ -22,7 +22,6 @@ from fmnist_helpers import (  # noqa: F401  (fixtures)
     assert_finite,
     assert_png_has_content,
     fmnist_data,
-    one_torch_thread,
     load_checkpoint_into,
     quick_args,
     read_jsonl,
