@@ -1,11 +1,13 @@
 """Fashion-MNIST v10-step2: recipe step 2, the debugging and monitoring steps.
 
-Same model, data and training as v9-step1. New: nine steps that find bugs
-before they cost accuracy (human baseline, input-independent baseline, overfit
-one batch, batch-level loss, detailed metrics, train vs test, the input just
-before the net, prediction dynamics, batch independence via backprop), plus a
-gradient-flow check and a NaN guard. Every check returns a verdict; one table
-sums them up; outputs/REPORT.md shows every plot and number of a run.
+Same model, data and training as v9-step1, and the same training step: the
+checks drive the run's own loss, optimizer and step. New: nine steps that find
+bugs before they cost accuracy (human baseline, input-independent baseline,
+overfit one batch, batch-level loss, detailed metrics, train vs test, the input
+just before the net, prediction dynamics, batch independence via backprop),
+plus gradient flow, the gradient the optimizer steps with, and the optimizer's
+settings. Every check returns a verdict; one table sums them up;
+outputs/REPORT.md shows every plot and number of a run.
 
     python train.py               # full run on the real Fashion-MNIST
     python train.py --quick       # every code path in seconds, on a small subset
@@ -15,12 +17,14 @@ sums them up; outputs/REPORT.md shows every plot and number of a run.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
 import random
 import sys
 import time
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -44,11 +48,14 @@ from debug_tools import (  # noqa: E402
     overfit_one_batch,
     print_check_summary,
     print_data_report,
+    rng_untouched,
     test_input_independent_baseline,
     verify_batch_independence,
     verify_decreasing_loss,
     verify_gradient_flow,
     verify_loss_at_init,
+    verify_optimizer_config,
+    verify_step_gradient,
     visualize_input_before_net,
 )
 from metrics import compare_train_test_metrics, compute_detailed_metrics, evaluate, print_detailed_metrics  # noqa: E402
@@ -165,8 +172,9 @@ class FashionMNISTTensors(torch.utils.data.Dataset):
 class TensorLoader:
     """A DataLoader for data that already sits in memory: one index per batch, no per-sample work.
 
-    Shuffling uses its own seeded generator, so the batch order is reproducible
-    and independent of how much randomness the checks consumed before training.
+    Shuffling uses its own seeded generator, so the batch order is reproducible;
+    the checks put it back where they found it (rng_untouched), so they do not
+    change the order training sees.
     """
 
     def __init__(self, dataset: FashionMNISTTensors, batch_size: int, shuffle: bool = False, seed: int = 0):
@@ -205,14 +213,21 @@ def load_raw_data(data_dir):
     return train.data, train.targets, test.data, test.targets, list(train.classes)
 
 
-def split_data(train_images, train_labels, test_images, test_labels, classes, cfg, device):
-    """Train / validation split with a fixed permutation; --quick takes small subsets."""
-    order = torch.randperm(len(train_labels), generator=torch.Generator().manual_seed(cfg.seed))
+def split_indices(num_train: int, num_test: int, cfg) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Indices of the train / validation split (a fixed permutation of the 60,000 training
+    images) and of the test images used; --quick takes small subsets of each."""
+    order = torch.randperm(num_train, generator=torch.Generator().manual_seed(cfg.seed))
     val_size = QUICK_VAL_SIZE if cfg.quick else cfg.val_size
     val_idx, train_idx = order[:val_size], order[val_size:]
-    test_idx = torch.arange(len(test_labels))
+    test_idx = torch.arange(num_test)
     if cfg.quick:
         train_idx, test_idx = train_idx[:QUICK_TRAIN_SIZE], test_idx[:QUICK_TEST_SIZE]
+    return train_idx, val_idx, test_idx
+
+
+def split_data(train_images, train_labels, test_images, test_labels, classes, cfg, device):
+    """The three splits as tensors on the device, ready for training."""
+    train_idx, val_idx, test_idx = split_indices(len(train_labels), len(test_labels), cfg)
 
     def make(images, labels, idx):
         return FashionMNISTTensors(to_tensor(images[idx]).to(device), labels[idx].to(device), classes)
@@ -273,10 +288,30 @@ def count_parameters(model: nn.Module) -> int:
 
 
 # ---------------------------------------------------------------------------
-# Training
+# Training: the loss, the optimizer and one step, each defined once. train_one_epoch
+# and every check that trains or computes a loss use exactly these, so an edit here
+# is what --preflight sees.
 # ---------------------------------------------------------------------------
-class TrainingDiverged(Exception):
-    """The loss became NaN or infinite; the message holds the diagnosis."""
+class TrainingDiverged(FloatingPointError):
+    """The loss became NaN, infinite or exploded; the message holds the diagnosis."""
+
+
+def loss_fn(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy on raw logits: it applies log-softmax itself, so no softmax goes before it."""
+    return F.cross_entropy(logits, labels)
+
+
+def make_optimizer(model: nn.Module, cfg, total_steps: int):
+    """AdamW with the configured learning rate and weight decay, and the schedule it follows
+    step by step (cosine: from --lr down to 0 over `total_steps`; constant: --lr throughout)."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    def lr_factor(step: int) -> float:
+        if cfg.lr_schedule == "constant":
+            return 1.0
+        return 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
 
 
 def previous_gradient_norm(model: nn.Module) -> float:
@@ -289,31 +324,41 @@ def previous_gradient_norm(model: nn.Module) -> float:
     return torch.cat(grads).norm().item() if grads else float("nan")
 
 
-def train_one_epoch(model, loader, optimizer, scheduler, device, epoch: int, epochs: int, global_step: int,
+def training_step(model, images, labels, optimizer, scheduler, diverged_loss: float = DIVERGED_LOSS):
+    """One update of the weights: forward, loss, backward, optimizer step, schedule step.
+
+    Returns the batch's loss (a float) and its logits. A loss that is not finite or
+    above `diverged_loss` raises TrainingDiverged before it can reach the weights,
+    so the checkpoint and history on disk stay the last good state.
+    """
+    logits = model(images)
+    loss = loss_fn(logits, labels)
+    loss_value = loss.item()
+    if not math.isfinite(loss_value) or loss_value > diverged_loss:
+        verdict = "is not finite" if not math.isfinite(loss_value) else f"is above --diverged-loss {diverged_loss:g}"
+        raise TrainingDiverged(
+            f"loss {loss_value:.3g} {verdict}; learning rate {optimizer.param_groups[0]['lr']:g}; gradient norm "
+            f"of the previous step {previous_gradient_norm(model):.3g}. Usual causes: learning rate too high, "
+            f"inputs not scaled to [0, 1], log of 0.")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    return loss_value, logits.detach()
+
+
+def train_one_epoch(model, loader, optimizer, scheduler, epoch: int, epochs: int, global_step: int,
                     batch_losses: list[float], diverged_loss: float = DIVERGED_LOSS):
-    """One pass over the training data; appends every batch's loss to `batch_losses` (step 4)
-    and stops with a diagnosis on the first loss that is not finite or above `diverged_loss`."""
+    """One pass over the training data with `training_step`; appends every batch's loss to
+    `batch_losses` (step 4). Returns (mean loss, accuracy, global step)."""
     model.train()
     total_loss, correct, seen = 0.0, 0, 0
     progress = tqdm(loader, desc=f"epoch {epoch}/{epochs}", leave=False, dynamic_ncols=True)
     for images, labels in progress:
-        logits = model(images)
-        loss = F.cross_entropy(logits, labels)
-        loss_value = loss.item()
-        if not math.isfinite(loss_value) or loss_value > diverged_loss:
-            # Stop before the bad loss reaches the weights: the best checkpoint and
-            # history on disk stay as the last good state.
-            verdict = ("is not finite" if not math.isfinite(loss_value)
-                       else f"is above --diverged-loss {diverged_loss:g}")
-            raise TrainingDiverged(
-                f"loss {loss_value:.3g} at step {global_step} (epoch {epoch}) {verdict}; "
-                f"learning rate {optimizer.param_groups[0]['lr']:g}; gradient norm of the previous step "
-                f"{previous_gradient_norm(model):.3g}. Usual causes: learning rate too high, "
-                f"inputs not scaled to [0, 1], log of 0.")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
+        try:
+            loss_value, logits = training_step(model, images, labels, optimizer, scheduler, diverged_loss)
+        except TrainingDiverged as err:
+            raise TrainingDiverged(f"at step {global_step} (epoch {epoch}): {err}") from None
         global_step += 1
         batch_losses.append(loss_value)
         total_loss += loss_value * len(labels)
@@ -327,38 +372,48 @@ def train_one_epoch(model, loader, optimizer, scheduler, device, epoch: int, epo
 # ---------------------------------------------------------------------------
 # Command line and run records
 # ---------------------------------------------------------------------------
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows the module docstring as written, and every flag's default."""
+
+
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny subset and 1 epoch: every code path in seconds")
     p.add_argument("--preflight", action="store_true", help="run only the checks; exit code 1 if one fails")
-    p.add_argument("--out", type=Path, default=OUT_DIR, help="output folder (default: %(default)s)")
+    p.add_argument("--out", type=Path, default=OUT_DIR, help="plots, results.json, history.jsonl, best model")
     p.add_argument("--data-dir", type=Path, default=DATA_DIR, help="folder with the Fashion-MNIST files")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default=DEVICE)
-    p.add_argument("--seed", type=int, default=SEED)
-    p.add_argument("--epochs", type=int, default=EPOCHS)
-    p.add_argument("--batch-size", type=int, default=BATCH_SIZE)
-    p.add_argument("--lr", type=float, default=LEARNING_RATE)
-    p.add_argument("--lr-schedule", choices=["cosine", "constant"], default=LR_SCHEDULE)
-    p.add_argument("--dropout", type=float, default=DROPOUT)
-    p.add_argument("--weight-decay", type=float, default=WEIGHT_DECAY)
-    p.add_argument("--val-size", type=int, default=VAL_SIZE)
-    p.add_argument("--loss-at-init-tolerance", type=float, default=LOSS_AT_INIT_TOLERANCE)
-    p.add_argument("--diverged-loss", type=float, default=DIVERGED_LOSS)
-    p.add_argument("--human-baseline", action=argparse.BooleanOptionalAction, default=RUN_HUMAN_BASELINE)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default=DEVICE, help="auto: cuda, mps, cpu")
+    p.add_argument("--seed", type=int, default=SEED, help="one seed for every random number generator")
+    p.add_argument("--epochs", type=int, default=EPOCHS, help="passes over the training split")
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="training images per step")
+    p.add_argument("--lr", type=float, default=LEARNING_RATE, help="AdamW's learning rate at the first step")
+    p.add_argument("--lr-schedule", choices=["cosine", "constant"], default=LR_SCHEDULE,
+                   help="cosine decays the learning rate to 0 over the run, stepped per batch")
+    p.add_argument("--dropout", type=float, default=DROPOUT, help="dropout of MyNN's two hidden FC layers")
+    p.add_argument("--weight-decay", type=float, default=WEIGHT_DECAY, help="AdamW's decoupled weight decay")
+    p.add_argument("--val-size", type=int, default=VAL_SIZE, help="training images held out for validation")
+    p.add_argument("--loss-at-init-tolerance", type=float, default=LOSS_AT_INIT_TOLERANCE,
+                   help="|loss at init - ln(10)| allowed")
+    p.add_argument("--diverged-loss", type=float, default=DIVERGED_LOSS,
+                   help="a batch loss above this stops training, like NaN does (inf: only NaN stops)")
+    p.add_argument("--human-baseline", action=argparse.BooleanOptionalAction, default=RUN_HUMAN_BASELINE,
+                   help="step 1: show 16 test images and the human reference accuracy")
     p.add_argument("--input-independent-baseline", action=argparse.BooleanOptionalAction,
-                   default=RUN_INPUT_INDEPENDENT_BASELINE)
-    p.add_argument("--overfit-test", action=argparse.BooleanOptionalAction, default=RUN_OVERFIT_TEST)
+                   default=RUN_INPUT_INDEPENDENT_BASELINE, help="step 2: the real model must beat a zero-input one")
+    p.add_argument("--overfit-test", action=argparse.BooleanOptionalAction, default=RUN_OVERFIT_TEST,
+                   help="step 3: the training step must memorise 8 images")
     p.add_argument("--batch-independence-test", action=argparse.BooleanOptionalAction,
-                   default=RUN_BATCH_INDEPENDENCE_TEST)
-    p.add_argument("--baseline-steps", type=int, default=BASELINE_STEPS)
-    p.add_argument("--overfit-steps", type=int, default=OVERFIT_STEPS)
-    p.add_argument("--overfit-max-loss", type=float, default=OVERFIT_MAX_LOSS)
-    p.add_argument("--max-train-test-gap", type=float, default=MAX_TRAIN_TEST_GAP)
+                   default=RUN_BATCH_INDEPENDENCE_TEST, help="step 9: output i must depend on input i only")
+    p.add_argument("--baseline-steps", type=int, default=BASELINE_STEPS, help="training steps of each baseline model")
+    p.add_argument("--overfit-steps", type=int, default=OVERFIT_STEPS, help="most training steps on the 8 images")
+    p.add_argument("--overfit-max-loss", type=float, default=OVERFIT_MAX_LOSS, help="'memorised': loss at most this")
+    p.add_argument("--max-train-test-gap", type=float, default=MAX_TRAIN_TEST_GAP,
+                   help="train - test accuracy above this is strong overfitting")
     args = p.parse_args(argv)
     if not args.diverged_loss > 0:
         p.error("--diverged-loss must be > 0 (inf switches the explosion stop off; NaN always stops)")
-    if args.baseline_steps < 1 or args.overfit_steps < 0:
-        p.error("--baseline-steps must be >= 1 and --overfit-steps >= 0")
+    if args.baseline_steps < 1 or args.overfit_steps < 1:
+        p.error("--baseline-steps and --overfit-steps must be >= 1")
     if (args.epochs < 1 or args.batch_size < 1 or args.val_size < 1 or not math.isfinite(args.lr) or args.lr <= 0
             or not 0 <= args.dropout < 1 or not args.weight_decay >= 0):
         p.error("--epochs, --batch-size and --val-size must be >= 1, --lr a number > 0, 0 <= --dropout < 1, "
@@ -395,17 +450,34 @@ def device_name(device: torch.device) -> str:
 
 
 # ---------------------------------------------------------------------------
-# Main
+# The phases of a run, in the order main() calls them
 # ---------------------------------------------------------------------------
-def main(argv=None) -> dict:
-    """Run everything; return the results dict (also written to results.json).
+@dataclass
+class Run:
+    """What every phase needs: the config, where outputs go, the device, and the results so far."""
+    cfg: argparse.Namespace
+    out: Path
+    device: torch.device
+    results: dict
+    started: float = field(default_factory=time.perf_counter)
 
-    Problems the user can fix end with a one-line message and SystemExit:
-    2 for missing data, bad flags or an unwritable folder, 1 for a diverged
-    run, 130 for Ctrl-C. What was written before stays on disk.
-    """
-    cfg = parse_args(argv)
-    started = time.perf_counter()
+    def save(self, **updates) -> None:
+        self.results.update(updates, wall_time_s=time.perf_counter() - self.started)
+        write_json(self.out / "results.json", self.results)
+
+
+@dataclass
+class Data:
+    train_set: FashionMNISTTensors
+    val_set: FashionMNISTTensors
+    test_set: FashionMNISTTensors
+    train_loader: TensorLoader
+    val_loader: TensorLoader
+    test_loader: TensorLoader
+
+
+def start_run(cfg, argv) -> Run:
+    """Output folder, device and seed, and the header of results.json; exit 2 on a bad --out or --device."""
     try:
         out = prepare_out_dir(cfg.out)
         device = pick_device(cfg.device)
@@ -424,87 +496,108 @@ def main(argv=None) -> dict:
         "torch_version": torch.__version__,
         "checks": {},
     }
-    results_path = out / "results.json"
-
-    # 1. Setup ---------------------------------------------------------------
     print("=" * 78)
     print(f"Fashion-MNIST v10-step2 | device {results['device']} | torch {torch.__version__} | seed {cfg.seed}")
     print(f"epochs {cfg.epochs}, batch size {cfg.batch_size}, lr {cfg.lr} ({cfg.lr_schedule}), dropout {cfg.dropout}"
           + (" | QUICK MODE" if cfg.quick else ""))
     print("=" * 78)
+    return Run(cfg, out, device, results)
+
+
+def load_data(run: Run):
+    """The raw uint8 data and the three splits as tensors on the device; exit 2 when data is missing."""
+    cfg = run.cfg
     try:
         raw = load_raw_data(cfg.data_dir)
     except DataNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
-    train_set, val_set, test_set = split_data(*raw, cfg, device)
-    train_loader = TensorLoader(train_set, cfg.batch_size, shuffle=True, seed=cfg.seed)
-    val_loader = TensorLoader(val_set, 1024)
-    test_loader = TensorLoader(test_set, 1024)
+    train_set, val_set, test_set = split_data(*raw, cfg, run.device)
+    data = Data(train_set, val_set, test_set, TensorLoader(train_set, cfg.batch_size, shuffle=True, seed=cfg.seed),
+                TensorLoader(val_set, 1024), TensorLoader(test_set, 1024))
     print(f"Split: {len(train_set)} train, {len(val_set)} validation, {len(test_set)} test")
+    return raw, data
 
-    # 2. Become one with the data -------------------------------------------
+
+def report_on_data(run: Run, raw) -> None:
+    """Recipe step 1, become one with the data: numbers and plots of the images this run uses."""
     print("\n--- Data report ---")
-    train_images_u8, train_labels, test_images_u8, test_labels, classes = raw
-    if cfg.quick:
-        train_images_u8, train_labels = train_images_u8[:QUICK_TRAIN_SIZE], train_labels[:QUICK_TRAIN_SIZE]
-        test_images_u8, test_labels = test_images_u8[:QUICK_TEST_SIZE], test_labels[:QUICK_TEST_SIZE]
-    report = data_report(train_images_u8, train_labels, test_images_u8, test_labels, classes)
+    train_images, train_labels, test_images, test_labels, classes = raw
+    train_idx, _, test_idx = split_indices(len(train_labels), len(test_labels), run.cfg)
+    train_images, train_labels = train_images[train_idx], train_labels[train_idx]
+    report = data_report(train_images, train_labels, test_images[test_idx], test_labels[test_idx], classes)
     print_data_report(report)
-    results["data_report"] = report
-    plot_samples_per_class(train_images_u8, train_labels, classes, out / "data_samples.png")
-    plot_class_means(train_images_u8, train_labels, classes, out / "class_means.png")
-    plot_pixel_histogram(train_images_u8, out / "pixel_histogram.png")
+    run.results["data_report"] = report
+    plot_samples_per_class(train_images, train_labels, classes, run.out / "data_samples.png")
+    plot_class_means(train_images, train_labels, classes, run.out / "class_means.png")
+    plot_pixel_histogram(train_images, run.out / "pixel_histogram.png")
 
-    # 3. Model, init, and the checks before training -------------------------
-    model = MyNN(dropout=cfg.dropout).to(device)
-    results["num_parameters"] = count_parameters(model)
-    print(f"\nMyNN: {results['num_parameters']:,} trainable parameters")
+
+def checks_before_training(run: Run, data: Data, model, optimizer) -> dict:
+    """Every check before training, each driving this run's own loss_fn, optimizer and
+    training_step on copies of the model. Inside rng_untouched: running or skipping a check
+    changes neither the model nor the random numbers training will draw."""
+    cfg, device, out = run.cfg, run.device, run.out
     print("\n--- Checks before training ---")
-    checks_started = time.perf_counter()
+    started = time.perf_counter()
+    new_optimizer = functools.partial(make_optimizer, cfg=cfg)  # a check lays the schedule over its own steps
+    step = functools.partial(training_step, diverged_loss=cfg.diverged_loss)
+    probe_images, probe_labels = data.train_set.images[:64], data.train_set.labels[:64]
     checks = {}
-    results["baselines"] = {}
-    if cfg.human_baseline:
-        results["baselines"] = human_baseline_test(test_set, num_samples=16, out_dir=out, seed=cfg.seed)
-    if cfg.input_independent_baseline:
-        checks["input_independent_baseline"] = test_input_independent_baseline(
-            train_loader, test_loader, device, model_fn=lambda: MyNN(dropout=cfg.dropout), steps=cfg.baseline_steps)
-    checks["input_before_net"] = visualize_input_before_net(train_loader, out_dir=out)
-    checks["loss_at_init"] = verify_loss_at_init(model, train_loader, device, NUM_CLASSES,
-                                                 cfg.loss_at_init_tolerance)
-    checks["gradient_flow"] = verify_gradient_flow(model, train_loader, device)
-    if cfg.overfit_test:
-        checks["overfit_one_batch"] = overfit_one_batch(
-            lambda: MyNN(dropout=cfg.dropout), device, train_set, batch_size=8, steps=cfg.overfit_steps,
-            max_loss=cfg.overfit_max_loss, out_dir=out)
-    if cfg.preflight and cfg.batch_independence_test:  # a full run tests the trained model instead (step 9)
-        checks["batch_independence"] = verify_batch_independence(model, device, test_loader)
+    run.results["baselines"] = {}
+    with rng_untouched(device, data.train_loader.generator):
+        if cfg.human_baseline:
+            run.results["baselines"] = human_baseline_test(data.test_set, num_samples=16, out_dir=out, seed=cfg.seed)
+        if cfg.input_independent_baseline:
+            checks["input_independent_baseline"] = test_input_independent_baseline(
+                model, data.train_loader, data.val_loader, make_optimizer=new_optimizer, training_step=step,
+                steps=cfg.baseline_steps)
+        checks["input_before_net"] = visualize_input_before_net(data.train_loader, out_dir=out)
+        checks["loss_at_init"] = verify_loss_at_init(model, data.train_loader, loss_fn, NUM_CLASSES,
+                                                     cfg.loss_at_init_tolerance)
+        checks["optimizer_config"] = verify_optimizer_config(model, optimizer, lr=cfg.lr,
+                                                             weight_decay=cfg.weight_decay)
+        checks["gradient_flow"] = verify_gradient_flow(model, probe_images, probe_labels, loss_fn)
+        checks["step_gradient"] = verify_step_gradient(model, probe_images, probe_labels, make_optimizer=new_optimizer,
+                                                       training_step=step, loss_fn=loss_fn)
+        if cfg.overfit_test:
+            checks["overfit_one_batch"] = overfit_one_batch(
+                model, data.train_set.images[:8], data.train_set.labels[:8], make_optimizer=new_optimizer,
+                training_step=step, loss_fn=loss_fn, steps=cfg.overfit_steps, max_loss=cfg.overfit_max_loss,
+                out_dir=out)
+        if cfg.batch_independence_test:
+            checks["batch_independence"] = verify_batch_independence(model, data.val_set.images[:8])
     for check in checks.values():
         print(check.report())
-    results["checks"] = {name: c.to_dict() for name, c in checks.items()}
-    results["checks_time_s"] = time.perf_counter() - checks_started
-    results["all_checks_passed"] = all(c.passed for c in checks.values())
+    run.results["checks_time_s"] = time.perf_counter() - started
+    return checks
 
-    if cfg.preflight:
-        print_check_summary(checks)
-        results.update(status="preflight", exit_code=0 if results["all_checks_passed"] else 1,
-                       wall_time_s=time.perf_counter() - started)
-        write_json(results_path, results)
-        return results
 
-    # 4. Training, monitored batch by batch and on a fixed batch ---------------
+def record_checks(run: Run, checks: dict) -> None:
+    run.results["checks"] = {name: c.to_dict() for name, c in checks.items()}
+    run.results["all_checks_passed"] = all(c.passed for c in checks.values())
+
+
+def finish_preflight(run: Run, checks: dict) -> dict:
+    """--preflight stops here: the verdicts, and exit code 1 if one check failed."""
+    print_check_summary(checks)
+    record_checks(run, checks)
+    run.save(status="preflight", exit_code=0 if run.results["all_checks_passed"] else 1)
+    return run.results
+
+
+def train(run: Run, data: Data, model, optimizer, scheduler) -> None:
+    """Recipe step 2's monitoring while training: every batch's loss (step 4) and the predictions
+    on a fixed validation batch (step 8). The best epoch by validation accuracy is saved.
+    Ctrl-C or a diverged loss keep the history and best checkpoint, and exit 130 or 1."""
+    cfg, out = run.cfg, run.out
     print("\n--- Training ---")
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    total_steps = cfg.epochs * len(train_loader)
-    def lr_factor(step: int) -> float:
-        return 0.5 * (1 + math.cos(math.pi * step / total_steps)) if cfg.lr_schedule == "cosine" else 1.0
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     history_path = out / "history.jsonl"
     history_path.write_text("")
     best_val_acc, best_epoch, global_step, epoch = -1.0, 0, 0, 0
     batch_losses: list[float] = []
-    tracker = PredictionDynamicsTracker(val_set.images[:FIXED_BATCH_SIZE], val_set.labels[:FIXED_BATCH_SIZE], device)
+    tracker = PredictionDynamicsTracker(data.val_set.images[:FIXED_BATCH_SIZE],
+                                        data.val_set.labels[:FIXED_BATCH_SIZE], run.device)
     tracker.update(model, 0)
     train_started = time.perf_counter()
     try:
@@ -512,11 +605,11 @@ def main(argv=None) -> dict:
             epoch_started = time.perf_counter()
             first_batch = len(batch_losses)
             train_loss, train_acc, global_step = train_one_epoch(
-                model, train_loader, optimizer, scheduler, device, epoch, cfg.epochs, global_step, batch_losses,
+                model, data.train_loader, optimizer, scheduler, epoch, cfg.epochs, global_step, batch_losses,
                 cfg.diverged_loss)
-            val_loss, val_acc = evaluate(model, val_loader, device)
+            val_loss, val_acc = evaluate(model, data.val_loader, run.device)
             if not val_loss <= cfg.diverged_loss:  # NaN too: the weights blew up within the epoch; not a "best"
-                raise TrainingDiverged(f"validation loss {val_loss:.3g} after epoch {epoch} (step {global_step}) "
+                raise TrainingDiverged(f"after epoch {epoch} (step {global_step}): validation loss {val_loss:.3g} "
                                        f"is not finite or above --diverged-loss {cfg.diverged_loss:g}; "
                                        f"learning rate {optimizer.param_groups[0]['lr']:g}. Lower --lr.")
             tracker.update(model, epoch)
@@ -535,72 +628,103 @@ def main(argv=None) -> dict:
                        + ("  *best*" if improved else ""))
     except (KeyboardInterrupt, TrainingDiverged) as err:
         interrupted = isinstance(err, KeyboardInterrupt)
-        results.update(status="interrupted" if interrupted else "diverged",
-                       error=None if interrupted else str(err), best_epoch=best_epoch,
-                       best_val_accuracy=best_val_acc, exit_code=130 if interrupted else 1,
-                       wall_time_s=time.perf_counter() - started)
-        write_json(results_path, results)
+        run.save(status="interrupted" if interrupted else "diverged", error=None if interrupted else str(err),
+                 best_epoch=best_epoch, best_val_accuracy=best_val_acc, exit_code=130 if interrupted else 1)
         if epoch > 1:
             plot_training_curves(history_path, out / "training_curves.png")
-        print(f"\n{'Interrupted' if interrupted else 'Training diverged: ' + str(err)}\n"
-              f"Kept: {history_path} (epochs done: {epoch - 1}), {results_path}"
+        print(f"\n{'Interrupted' if interrupted else 'Training diverged ' + str(err)}\n"
+              f"Kept: {history_path} (epochs done: {epoch - 1}), {out / 'results.json'}"
               + (f", {out / MODEL_FILE} (best epoch {best_epoch})" if best_epoch else ""), file=sys.stderr)
-        raise SystemExit(results["exit_code"]) from None
-    results["train_time_s"] = time.perf_counter() - train_started
+        raise SystemExit(run.results["exit_code"]) from None
+    run.results.update(train_time_s=time.perf_counter() - train_started, best_epoch=best_epoch,
+                       best_val_accuracy=best_val_acc)
     plot_training_curves(history_path, out / "training_curves.png")
     history_losses = [loss for h in read_history(history_path) for loss in h["batch_losses"]]
-    plot_batch_level_loss(history_losses, out / "batch_level_loss.png", batches_per_epoch=len(train_loader))
+    plot_batch_level_loss(history_losses, out / "batch_level_loss.png", batches_per_epoch=len(data.train_loader))
     tracker.plot(out / "prediction_dynamics.png")
-    results["prediction_dynamics"] = tracker.to_dict()
+    run.results["prediction_dynamics"] = tracker.to_dict()
 
-    # 5. Evaluation of the best model: detailed metrics and the checks after training
+
+def analyse(run: Run, data: Data, model, checks: dict) -> None:
+    """The best model, evaluated once on the test set (steps 5 and 6), and the checks after training."""
+    out, device = run.out, run.device
     print("\n--- Post-training analysis ---")
-    analysis_started = time.perf_counter()
+    started = time.perf_counter()
     checkpoint = torch.load(out / MODEL_FILE, map_location=device, weights_only=True)
     model.load_state_dict(checkpoint["model_state"])
+    history_losses = [loss for h in read_history(out / "history.jsonl") for loss in h["batch_losses"]]
     checks["training_loss_decreases"] = verify_decreasing_loss(history_losses)
-    train_metrics = compute_detailed_metrics(model, TensorLoader(train_set, 1024), device, NUM_CLASSES)
-    test_metrics = compute_detailed_metrics(model, test_loader, device, NUM_CLASSES)
-    print_detailed_metrics(train_metrics, "Train", train_set.classes)
-    print_detailed_metrics(test_metrics, "Test", test_set.classes)
-    checks["train_test_gap"] = compare_train_test_metrics(train_metrics, test_metrics, cfg.max_train_test_gap)
-    plot_confusion_matrix(test_metrics["confusion_matrix"], test_set.classes, out / "confusion_matrix.png")
-    plot_train_vs_test(train_metrics, test_metrics, test_set.classes, out / "train_vs_test_comparison.png")
-    plot_misclassifications(test_set.images, test_metrics["most_confident_mistakes"], test_set.classes,
+    train_metrics = compute_detailed_metrics(model, TensorLoader(data.train_set, 1024), device, NUM_CLASSES)
+    test_metrics = compute_detailed_metrics(model, data.test_loader, device, NUM_CLASSES)
+    classes = data.test_set.classes
+    print_detailed_metrics(train_metrics, "Train", classes)
+    print_detailed_metrics(test_metrics, "Test", classes)
+    checks["train_test_gap"] = compare_train_test_metrics(train_metrics, test_metrics, run.cfg.max_train_test_gap)
+    plot_confusion_matrix(test_metrics["confusion_matrix"], classes, out / "confusion_matrix.png")
+    plot_train_vs_test(train_metrics, test_metrics, classes, out / "train_vs_test_comparison.png")
+    plot_misclassifications(data.test_set.images, test_metrics["most_confident_mistakes"], classes,
                             out / "misclassifications.png")
-    if cfg.batch_independence_test:
-        checks["batch_independence"] = verify_batch_independence(model, device, test_loader)
-    for name in ("training_loss_decreases", "train_test_gap", "batch_independence"):
+    if run.cfg.batch_independence_test:
+        checks["batch_independence_after_training"] = verify_batch_independence(
+            model, data.val_set.images[:8], name="batch_independence_after_training")
+    for name in ("training_loss_decreases", "train_test_gap", "batch_independence_after_training"):
         if name in checks:
             print(checks[name].report())
-    results["checks"] = {name: c.to_dict() for name, c in checks.items()}
-    results["checks_time_s"] += time.perf_counter() - analysis_started
-    results["all_checks_passed"] = all(c.passed for c in checks.values())
-    results.update(status="completed", exit_code=0, best_epoch=best_epoch, best_val_accuracy=best_val_acc,
-                   test_loss=test_metrics["loss"], test_accuracy=test_metrics["accuracy"],
-                   train_metrics=train_metrics, test_metrics=test_metrics,
-                   wall_time_s=time.perf_counter() - started)
-    results["outputs"] = sorted({p.name for p in out.iterdir() if p.is_file()} | {"results.json", "REPORT.md"})
-    write_json(results_path, results)
-    write_report(results, out / "REPORT.md")
+    record_checks(run, checks)
+    run.results["checks_time_s"] += time.perf_counter() - started
+    run.results.update(status="completed", exit_code=0, test_loss=test_metrics["loss"],
+                       test_accuracy=test_metrics["accuracy"], train_metrics=train_metrics, test_metrics=test_metrics)
+    run.results["outputs"] = sorted({p.name for p in out.iterdir() if p.is_file()} | {"results.json", "REPORT.md"})
+    run.save()
+    write_report(run.results, out / "REPORT.md")
 
-    # 6. Final summary --------------------------------------------------------
+
+def print_summary(run: Run, checks: dict) -> None:
+    results, out = run.results, run.out
     print_check_summary(checks)
     print("\n" + "=" * 78)
-    print(f"Best epoch {best_epoch}: validation accuracy {best_val_acc:.2%}")
-    print(f"Test accuracy {test_metrics['accuracy']:.2%} +- {test_metrics['accuracy_std_error']:.2%}, "
-          f"test loss {test_metrics['loss']:.4f}  (wall time {results['wall_time_s']:.0f}s, "
-          f"of which checks and analysis {results['checks_time_s']:.0f}s)")
+    print(f"Best epoch {results['best_epoch']}: validation accuracy {results['best_val_accuracy']:.2%}")
+    test = results["test_metrics"]
+    print(f"Test accuracy {test['accuracy']:.2%} +- {test['accuracy_std_error']:.2%}, test loss {test['loss']:.4f}  "
+          f"(wall time {results['wall_time_s']:.0f}s, of which checks and analysis {results['checks_time_s']:.0f}s)")
     if "input_independent_baseline" in checks:
         zero_input = checks["input_independent_baseline"].details["zero_input"]
-        print(f"Improvement over the input-independent baseline: {test_metrics['accuracy'] - zero_input:+.2%} "
-              f"(zero-input model {zero_input:.2%})")
+        print(f"Improvement over the input-independent baseline: {test['accuracy'] - zero_input:+.2%} "
+              f"(zero-input model {zero_input:.2%} on validation)")
     if results["baselines"]:
-        print(f"Compared with humans ({results['baselines']['human_accuracy']:.1%}): "
-              f"{test_metrics['accuracy'] - results['baselines']['human_accuracy']:+.2%}")
+        human = results["baselines"]["human_accuracy"]
+        print(f"Compared with humans ({human:.1%}): {test['accuracy'] - human:+.2%}")
     print(f"Outputs in {out}: {', '.join(results['outputs'])}")
     print(f"Read {out / 'REPORT.md'} for every plot and number of this run.")
-    return results
+
+
+# ---------------------------------------------------------------------------
+# Main: the lesson's table of contents
+# ---------------------------------------------------------------------------
+def main(argv=None) -> dict:
+    """Run everything; return the results dict (also written to results.json).
+
+    Problems the user can fix end with a one-line message and SystemExit:
+    2 for missing data, bad flags or an unwritable folder, 1 for a diverged
+    run, 130 for Ctrl-C. What was written before stays on disk.
+    """
+    cfg = parse_args(argv)
+    run = start_run(cfg, argv)
+    raw, data = load_data(run)
+    report_on_data(run, raw)
+
+    model = MyNN(dropout=cfg.dropout).to(run.device)
+    optimizer, scheduler = make_optimizer(model, cfg, total_steps=cfg.epochs * len(data.train_loader))
+    run.results["num_parameters"] = count_parameters(model)
+    print(f"\nMyNN: {run.results['num_parameters']:,} trainable parameters")
+    checks = checks_before_training(run, data, model, optimizer)
+    if cfg.preflight:
+        return finish_preflight(run, checks)
+
+    train(run, data, model, optimizer, scheduler)
+    analyse(run, data, model, checks)
+    print_summary(run, checks)
+    return run.results
 
 
 if __name__ == "__main__":

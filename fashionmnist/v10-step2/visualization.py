@@ -100,7 +100,9 @@ def plot_input_visualization(images, labels, classes, stats: dict, out_path: Pat
     grid = fig.add_gridspec(2, 10)
     for i, (image, label) in enumerate(zip(images[:16], labels[:16])):
         ax = fig.add_subplot(grid[i // 8, i % 8])
-        ax.imshow(image.squeeze(0).cpu().numpy(), cmap="gray")  # no vmin/vmax: show the values as they are
+        # vmin/vmax fixed at the range the net expects: a batch scaled x255 shows as white,
+        # a normalised one as dark, instead of matplotlib stretching any range to look right.
+        ax.imshow(image.squeeze(0).cpu().numpy(), cmap="gray", vmin=0, vmax=1)
         ax.set_title(classes[int(label)], fontsize=7)
         ax.axis("off")
     ax_hist = fig.add_subplot(grid[:, 8:])
@@ -113,16 +115,17 @@ def plot_input_visualization(images, labels, classes, stats: dict, out_path: Pat
     plt.close(fig)
 
 
-def plot_overfit_one_batch(curve: list[dict], max_loss: float, out_path: Path) -> None:
-    """Loss (log scale) and accuracy while memorising one small batch."""
-    steps = [c["step"] for c in curve]
+def plot_overfit_one_batch(step_losses: list[float], evaluations: list[dict], max_loss: float,
+                           out_path: Path) -> None:
+    """The loss training_step reported at every step (log scale) and the eval-mode accuracy
+    while memorising one small batch."""
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
-    ax_loss.semilogy(steps, [max(c["loss"], 1e-8) for c in curve], "o-")
+    ax_loss.semilogy(range(1, len(step_losses) + 1), [max(v, 1e-8) for v in step_losses], ".-")
     ax_loss.axhline(max_loss, color="red", ls="--", label=f"pass: loss <= {max_loss}")
-    ax_loss.set(xlabel="step", ylabel="loss (eval mode)", title="Overfit one batch: loss")
+    ax_loss.set(xlabel="step", ylabel="loss reported by training_step", title="Overfit one batch: loss")
     ax_loss.legend()
-    ax_acc.plot(steps, [100 * c["accuracy"] for c in curve], "o-", color="green")
-    ax_acc.set(xlabel="step", ylabel="accuracy (%)", title="Overfit one batch: accuracy", ylim=(0, 105))
+    ax_acc.plot([e["step"] for e in evaluations], [100 * e["accuracy"] for e in evaluations], "o-", color="green")
+    ax_acc.set(xlabel="step", ylabel="accuracy (%, eval mode)", title="Overfit one batch: accuracy", ylim=(0, 105))
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -252,7 +255,11 @@ def write_report(results: dict, out_path: Path) -> None:
         f"| test top-3 / top-5 | {test.get('top3_accuracy', float('nan')):.2%} / "
         f"{test.get('top5_accuracy', float('nan')):.2%} |",
         f"| best epoch (validation accuracy) | {results.get('best_epoch')} ({results.get('best_val_accuracy', 0):.2%}) |",
-        f"| human baseline (reported by the data set's authors) | {results['baselines'].get('human_accuracy', 0):.1%} |",
+    ]
+    if results["baselines"]:  # step 1 switched off: no row rather than a made-up 0.0%
+        lines.append(f"| human baseline (reported by the data set's authors) | "
+                     f"{results['baselines']['human_accuracy']:.1%} |")
+    lines += [
         "",
         "## Checks",
         "",

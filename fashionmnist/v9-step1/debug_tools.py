@@ -2,16 +2,21 @@
 
 Every check returns a `CheckResult`: passed or not, the measured value, the
 threshold it was held to, and a one-line hint on what to do when it fails.
+
+A check that computes a loss gets the run's own `loss_fn` from train.py as an
+argument: this file has no loss of its own, so the check sees the loss that trains.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
+import random
 import time
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 
 
 @dataclass
@@ -43,44 +48,81 @@ def print_check_summary(checks: dict[str, CheckResult]) -> None:
     print("\n" + "=" * 78)
     print("CHECK SUMMARY")
     print("=" * 78)
-    print(f"{'check':<30}{'verdict':<9}{'value':>12}  {'threshold':>10}  {'time':>7}")
+    print(f"{'check':<36}{'verdict':<9}{'value':>12}  {'threshold':>10}  {'time':>7}")
     for name, check in checks.items():
         verdict = "PASS" if check.passed else "FAIL"
-        print(f"{name:<30}{verdict:<9}{_fmt(check.value):>12}  {_fmt(check.threshold):>10}  {check.seconds:6.2f}s")
+        print(f"{name:<36}{verdict:<9}{_fmt(check.value):>12}  {_fmt(check.threshold):>10}  {check.seconds:6.2f}s")
     failed = [name for name, check in checks.items() if not check.passed]
     print(f"{len(checks) - len(failed)}/{len(checks)} passed" + (f"; FAILED: {', '.join(failed)}" if failed else ""))
 
 
+@contextlib.contextmanager
+def rng_untouched(device, *generators: torch.Generator):
+    """Checks observe, they do not perturb: every random number generator (Python, NumPy,
+    PyTorch on the CPU and on `device`, and the given generators, such as the training
+    loader's shuffle) leaves this block in the state it entered it.
+
+    Without it, a check that draws one dropout mask or one shuffled batch shifts every
+    random number training draws later: switching a check off would change the trained
+    model, and two versions with the same recipe would report different accuracies.
+    """
+    device = torch.device(device)
+    saved = [g.get_state() for g in generators]
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    if device.type == "cuda":
+        forked = torch.random.fork_rng(devices=[device.index if device.index is not None
+                                                else torch.cuda.current_device()])
+    elif device.type == "mps":
+        forked = torch.random.fork_rng(devices=[0], device_type="mps")
+    else:
+        forked = torch.random.fork_rng(devices=[])
+    try:
+        with forked:
+            yield
+    finally:
+        for generator, state in zip(generators, saved):
+            generator.set_state(state)
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+
+
 @torch.no_grad()
-def verify_loss_at_init(model, loader, device, num_classes: int = 10, tolerance: float = 0.3,
+def verify_loss_at_init(model, loader, loss_fn, num_classes: int = 10, tolerance: float = 0.3,
                         max_samples: int = 1024) -> CheckResult:
     """The freshly initialised model should be maximally unsure: loss = -ln(1/C).
 
-    With 10 classes that is ln(10) = 2.3026. A loss far above it means the
-    logits start large (last layer initialised too big: the net is confidently
-    wrong before it has seen a single label); far below it means the labels
-    leak into the input or the loss is computed on the wrong thing.
-    Evaluated in eval mode so the check itself changes no BatchNorm statistics.
+    With 10 classes that is ln(10) = 2.3026; MyNN's init gives 2.30 +- 0.01. A loss
+    far above it means the logits start large (last layer initialised too big: the
+    net is confidently wrong before it has seen a single label); far below it means
+    the labels leak into the input or the loss is computed on the wrong thing.
+    Measured with the run's own `loss_fn`, in eval mode, so the check itself changes
+    no BatchNorm statistics.
     """
     start = time.perf_counter()
     expected = math.log(num_classes)
+    was_training = model.training
     model.eval()
     total_loss, seen = 0.0, 0
     for images, labels in loader:
-        images, labels = images.to(device), labels.to(device)
-        total_loss += F.cross_entropy(model(images), labels, reduction="sum").item()
+        total_loss += loss_fn(model(images), labels).item() * len(labels)
         seen += len(labels)
         if seen >= max_samples:
             break
+    model.train(was_training)
     loss = total_loss / seen
+    if loss > expected:
+        hint = ("Initial loss too high: the logits start large. Check _initialize_weights() (last layer "
+                "std 0.01, bias 0).")
+    else:
+        hint = ("Initial loss too low: the model knows the answer before training. Check that the labels "
+                "do not leak into the inputs and that loss_fn compares raw logits with the labels.")
     return CheckResult(
         name="loss_at_init",
         passed=abs(loss - expected) <= tolerance,
         value=loss,
         threshold=tolerance,
         criterion=f"|loss - ln({num_classes})={expected:.4f}| <= {tolerance}",
-        hint="Initial loss off: check _initialize_weights() (last layer std 0.01, bias 0) "
-             "and that the model outputs raw logits.",
+        hint=hint,
         details={"expected": expected, "samples": seen},
         seconds=time.perf_counter() - start,
     )
