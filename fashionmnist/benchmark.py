@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import statistics
 import sys
@@ -30,6 +31,8 @@ from debug_tools import (  # noqa: E402
     verify_batch_independence,
     verify_gradient_flow,
     verify_loss_at_init,
+    verify_optimizer_config,
+    verify_step_gradient,
     visualize_input_before_net,
 )
 from metrics import compute_detailed_metrics  # noqa: E402
@@ -46,17 +49,19 @@ def benchmark(device: torch.device, raw, out: Path, command: str, measured_epoch
     train.set_seed(cfg.seed)
     train_set, val_set, test_set = train.split_data(*raw, cfg, device)
     train_loader = train.TensorLoader(train_set, cfg.batch_size, shuffle=True, seed=cfg.seed)
-    test_loader = train.TensorLoader(test_set, 1024)
+    val_loader, test_loader = train.TensorLoader(val_set, 1024), train.TensorLoader(test_set, 1024)
     model = train.MyNN().to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    optimizer, scheduler = train.make_optimizer(model, cfg, total_steps=cfg.epochs * len(train_loader))
+    # the run's own pieces, as checks_before_training hands them to the checks
+    own = {"make_optimizer": functools.partial(train.make_optimizer, cfg=cfg), "training_step": train.training_step}
+    probe_images, probe_labels = train_set.images[:64], train_set.labels[:64]
 
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize()
 
     def one_epoch():
-        train.train_one_epoch(model, train_loader, optimizer, scheduler, device, 1, 1, 0, [])
+        train.train_one_epoch(model, train_loader, optimizer, scheduler, 1, 1, 0, [])
         sync()
 
     if device.type == "cuda":
@@ -64,17 +69,23 @@ def benchmark(device: torch.device, raw, out: Path, command: str, measured_epoch
     # The median of several epochs: on a shared machine one epoch can be 20% off either way.
     epoch_times = [timed(one_epoch) for _ in range(measured_epochs)]
     epoch_s = statistics.median(epoch_times)
+    fresh = train.MyNN().to(device)
     checks = {
         "input_independent_baseline": lambda: test_input_independent_baseline(
-            train_loader, test_loader, device, model_fn=train.MyNN, steps=cfg.baseline_steps),
+            fresh, train_loader, val_loader, steps=cfg.baseline_steps, **own),
         "input_before_net": lambda: visualize_input_before_net(train_loader, out_dir=out),
-        "loss_at_init": lambda: verify_loss_at_init(train.MyNN().to(device), train_loader, device),
-        "gradient_flow": lambda: verify_gradient_flow(model, train_loader, device),
-        "overfit_one_batch": lambda: overfit_one_batch(train.MyNN, device, train_set, steps=cfg.overfit_steps,
-                                                       out_dir=out),
+        "loss_at_init": lambda: verify_loss_at_init(fresh, train_loader, train.loss_fn),
+        "optimizer_config": lambda: verify_optimizer_config(model, optimizer, lr=cfg.lr, weight_decay=0.0),
+        "gradient_flow": lambda: verify_gradient_flow(fresh, probe_images, probe_labels, train.loss_fn),
+        "step_gradient": lambda: verify_step_gradient(fresh, probe_images, probe_labels, loss_fn=train.loss_fn,
+                                                      **own),
+        "overfit_one_batch": lambda: overfit_one_batch(fresh, train_set.images[:8], train_set.labels[:8],
+                                                       loss_fn=train.loss_fn, steps=cfg.overfit_steps, out_dir=out,
+                                                       **own),
+        "batch_independence (x2: before and after training)": lambda: [
+            verify_batch_independence(fresh, val_set.images[:8]) for _ in range(2)],
         "detailed_metrics_train_and_test": lambda: (compute_detailed_metrics(model, train_loader, device),
                                                     compute_detailed_metrics(model, test_loader, device)),
-        "batch_independence": lambda: verify_batch_independence(model, device, test_loader),
     }
     times = {name: timed(fn) for name, fn in checks.items()}
     total_checks = sum(times.values())

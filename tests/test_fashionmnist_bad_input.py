@@ -129,7 +129,8 @@ def test_cuda_requested_without_gpu_exits_2(version, tmp_path, capsys):
 # ---------------------------------------------------------------------------
 # A diverging run: exit 1, status "diverged" with the diagnosis, history kept
 # ---------------------------------------------------------------------------
-DIAGNOSIS = re.compile(r"loss (\S+) at step (\d+) \(epoch (\d+)\) (is not finite|is above --diverged-loss \S+); "
+DIAGNOSIS = re.compile(r"at step (?P<step>\d+) \(epoch (?P<epoch>\d+)\): loss (?P<loss>\S+) "
+                       r"(?P<verdict>is not finite|is above --diverged-loss \S+); "
                        r"learning rate \S+; gradient norm of the previous step \S+\. "
                        r"Usual causes: learning rate too high")
 
@@ -146,13 +147,13 @@ def test_huge_learning_rate_diverges_in_quick_mode(version, fmnist_data, tmp_pat
     assert results["status"] == "diverged"
     match = DIAGNOSIS.search(results["error"])
     assert match, results["error"]
-    assert int(match.group(2)) >= 1  # the loss at init is finite; the updates blew it up
-    assert match.group(4) == "is above --diverged-loss 25" and float(match.group(1)) > 1e6
+    assert int(match["step"]) >= 1  # the loss at init is finite; the updates blew it up
+    assert match["verdict"] == "is above --diverged-loss 25" and float(match["loss"]) > 1e6
     assert results["config"]["lr"] == 1e6 and results["best_epoch"] == 0
     assert (out / "history.jsonl").exists()  # kept (quick mode has one epoch, so nothing in it yet)
     assert not (out / "training_curves.png").exists()  # no curve from zero finished epochs
     err = capsys.readouterr().err
-    assert "Training diverged: loss" in err and "Kept:" in err and "Traceback" not in err
+    assert "Training diverged at step" in err and "Kept:" in err and "Traceback" not in err
 
 
 def model_that_turns_nan_at_training_step(train, nan_step):
@@ -186,8 +187,8 @@ def test_divergence_after_some_epochs_keeps_history_and_checkpoint(version, gene
     assert results["status"] == "diverged"
     match = DIAGNOSIS.search(results["error"])
     assert match, results["error"]
-    failed_epoch = int(match.group(3))
-    assert (match.group(1), int(match.group(2)), failed_epoch, match.group(4)) == ("nan", 2, 3, "is not finite")
+    failed_epoch = int(match["epoch"])
+    assert (match["loss"], int(match["step"]), failed_epoch, match["verdict"]) == ("nan", 2, 3, "is not finite")
     history = read_jsonl(out / "history.jsonl")
     assert [h["epoch"] for h in history] == [1, 2]
     assert 1 <= results["best_epoch"] < failed_epoch

@@ -7,11 +7,13 @@ the real Fashion-MNIST where installed, of the generated stand-in elsewhere).
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -54,6 +56,25 @@ def v10(raw):
     return train, debug_tools, metrics, train_set, test_set, planted_models(train)
 
 
+def own_training(train, *argv):
+    """The run's own pieces, as main() hands them to the checks: make_optimizer with the
+    config, training_step and loss_fn."""
+    cfg = train.parse_args(["--quick", *argv])
+    return {"make_optimizer": functools.partial(train.make_optimizer, cfg=cfg),
+            "training_step": train.training_step}
+
+
+def step_without_zero_grad(model, images, labels, optimizer, scheduler):
+    """training_step with optimizer.zero_grad() deleted: gradients pile up over steps."""
+    import torch.nn.functional as F
+
+    loss = F.cross_entropy(model(images), labels)
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    return loss.item(), None
+
+
 # ---------------------------------------------------------------------------
 # loss_at_init (v9 and v10)
 # ---------------------------------------------------------------------------
@@ -65,94 +86,249 @@ def test_loss_at_init_passes_on_mynn_and_fails_with_last_layer_std_1(version, ra
     train_set, _ = datasets(train, raw)
     loader = train.TensorLoader(train_set, 128)
     torch.manual_seed(0)
-    good = debug_tools.verify_loss_at_init(train.MyNN(), loader, "cpu")
+    good = debug_tools.verify_loss_at_init(train.MyNN(), loader, train.loss_fn)
     assert good.passed, good.report()
     assert abs(good.value - math.log(10)) <= 0.3 and good.details["samples"] == 512
     torch.manual_seed(0)
-    bad = debug_tools.verify_loss_at_init(planted_models(train)["last_layer_std_1"](), loader, "cpu")
+    bad = debug_tools.verify_loss_at_init(planted_models(train)["last_layer_std_1"](), loader, train.loss_fn)
     assert not bad.passed
     assert bad.value > math.log(10) + 1.0  # confidently wrong before seeing a label
-    assert bad.threshold == 0.3 and "FAIL" in bad.report() and "hint" in bad.report()
+    assert bad.threshold == 0.3 and "FAIL" in bad.report() and "too high" in bad.hint
+
+
+@pytest.mark.parametrize("version", [V9, V10])
+def test_loss_at_init_uses_the_runs_own_loss(version, raw):
+    """A loss_fn that is not the cross-entropy of the logits (here: of the logits x 20, as a
+    wrong temperature would do) is what the check measures, and it fails."""
+    train = load_version(version)
+    import debug_tools
+
+    train_set, _ = datasets(train, raw)
+    torch.manual_seed(0)
+    model = train.MyNN()
+    wrong = debug_tools.verify_loss_at_init(model, train.TensorLoader(train_set, 128),
+                                            lambda logits, labels: train.loss_fn(logits * 1000, labels))
+    assert not wrong.passed and wrong.value > 3
+
+
+@pytest.mark.parametrize("version", [V9, V10])
+def test_rng_untouched_restores_every_generator(version):
+    load_version(version)
+    import random
+
+    import numpy as np
+    from debug_tools import rng_untouched
+
+    loader_generator = torch.Generator().manual_seed(3)
+    torch.manual_seed(1)
+    random.seed(1)
+    np.random.seed(1)
+    expected = (torch.rand(3), random.random(), np.random.rand(), torch.rand(3, generator=loader_generator))
+    torch.manual_seed(1)
+    random.seed(1)
+    np.random.seed(1)
+    loader_generator.manual_seed(3)
+    with rng_untouched("cpu", loader_generator):
+        torch.rand(100), random.random(), np.random.rand(5), torch.randperm(50, generator=loader_generator)
+    after = (torch.rand(3), random.random(), np.random.rand(), torch.rand(3, generator=loader_generator))
+    assert torch.equal(after[0], expected[0]) and after[1:3] == expected[1:3]
+    assert torch.equal(after[3], expected[3])
+    # control: without the block the same draws do shift what comes next
+    torch.manual_seed(1)
+    torch.rand(100)
+    assert not torch.equal(torch.rand(3), expected[0])
 
 
 # ---------------------------------------------------------------------------
 # The v10 checks
 # ---------------------------------------------------------------------------
 def test_input_independent_baseline(v10):
-    train, debug_tools, _, train_set, test_set, bad = v10
+    train, debug_tools, _, train_set, val_set, bad = v10
 
-    def check(model_fn):
+    def check(model_class):
         torch.manual_seed(0)
         return debug_tools.test_input_independent_baseline(
-            train.TensorLoader(train_set, 64, shuffle=True), train.TensorLoader(test_set, 256), "cpu",
-            model_fn=model_fn, steps=40)
+            model_class(), train.TensorLoader(train_set, 64, shuffle=True), train.TensorLoader(val_set, 256),
+            steps=40, **own_training(train))
 
     good = check(train.MyNN)
     assert good.passed, good.report()
-    assert good.details["zero_input"] <= 0.15 and good.value >= 0.2
+    assert good.details["zero_input"] <= 0.15 and good.value >= 0.2 and good.details["steps"] == 40
     broken = check(bad["zeroes_input"])
     assert not broken.passed
     assert broken.value < 0.1  # the "real" model sees nothing either: no better than zeros
-    assert broken.details["real_input"] <= 0.2
+    assert broken.details["real_input"] <= 0.2 and "forward() uses its input" in broken.hint
 
 
-def test_overfit_one_batch(v10, tmp_path):
-    train, debug_tools, _, train_set, _, bad = v10
+def test_overfit_one_batch_passes_and_judges_the_state_after_its_last_step(v10, tmp_path):
+    train, debug_tools, _, train_set, _, _ = v10
+    images, labels = train_set.images[:8], train_set.labels[:8]
     torch.manual_seed(0)
-    good = debug_tools.overfit_one_batch(train.MyNN, "cpu", train_set, batch_size=8, steps=300, out_dir=tmp_path)
+    good = debug_tools.overfit_one_batch(train.MyNN(), images, labels, loss_fn=train.loss_fn, steps=300,
+                                         out_dir=tmp_path, **own_training(train))
     assert good.passed, good.report()
     assert good.value <= 0.05 and good.details["accuracy"] == 1.0 and good.details["steps_needed"] < 300
+    assert good.details["evaluations"][-1]["step"] == good.details["steps_needed"]
     assert (tmp_path / "overfit_one_batch.png").stat().st_size > 0
 
+    # 15 steps: the verdict is taken after step 15, not at the last multiple of 10
     torch.manual_seed(0)
-    broken = debug_tools.overfit_one_batch(bad["softmax"], "cpu", train_set, batch_size=8, steps=150,
-                                           out_dir=tmp_path)
+    short = debug_tools.overfit_one_batch(train.MyNN(), images, labels, loss_fn=train.loss_fn, steps=15,
+                                          out_dir=tmp_path, **own_training(train))
+    assert short.details["steps_needed"] == 15 and len(short.details["step_losses"]) == 15
+    assert [e["step"] for e in short.details["evaluations"]] == [10, 15]
+    assert short.value == pytest.approx(float(np.median(short.details["step_losses"][-10:])))
+
+
+def test_overfit_one_batch_fails_on_softmax_before_the_loss(v10, tmp_path):
+    """The softmax sits in the run's loss (a train.loss_fn bug), so the check, which drives
+    the run's step, trains through it."""
+    train, debug_tools, _, train_set, _, _ = v10
+    import torch.nn.functional as F
+
+    train.loss_fn = lambda logits, labels: F.cross_entropy(F.softmax(logits, dim=1), labels)
+    torch.manual_seed(0)
+    broken = debug_tools.overfit_one_batch(train.MyNN(), train_set.images[:8], train_set.labels[:8],
+                                           loss_fn=train.loss_fn, steps=150, out_dir=tmp_path, **own_training(train))
     assert not broken.passed
-    # Softmax before CrossEntropyLoss caps the "logits" at [0, 1]: the loss can never go
+    # Softmax before cross-entropy caps the "logits" at [0, 1]: the loss can never go
     # below ln(1 + 9/e) = 1.46, however well the 8 images are classified.
     floor = math.log(1 + 9 / math.e)
-    assert broken.value > 1.4 and min(c["loss"] for c in broken.details["curve"]) >= floor - 1e-4
+    assert broken.value > 1.4 and min(broken.details["step_losses"]) >= floor - 1e-4
     assert broken.details["steps_needed"] == 150  # ran the whole budget without reaching the target
+    assert "ln(1 + 9/e) = 1.46" in broken.hint
 
 
 def test_batch_independence(v10):
     train, debug_tools, _, _, test_set, bad = v10
-    loader = train.TensorLoader(test_set, 64)
+    images = test_set.images[:8]
     torch.manual_seed(0)
-    good = debug_tools.verify_batch_independence(train.MyNN(), "cpu", loader)
+    good = debug_tools.verify_batch_independence(train.MyNN(), images)
     assert good.passed, good.report()
     assert good.value == 0 and good.details["offending_inputs"] == []
 
     torch.manual_seed(0)
     model = bad["mixes_samples"]()
     model.train()
-    broken = debug_tools.verify_batch_independence(model, "cpu", loader)
+    broken = debug_tools.verify_batch_independence(model, images)
     assert not broken.passed
     assert broken.value > 0
     offenders = broken.details["offending_inputs"]
     assert offenders and set(offenders) <= set(range(8))
-    assert f"leaking into inputs {offenders}" in broken.criterion
+    assert f"leaking into inputs {offenders}" in broken.criterion and "mixed inside the model" in broken.hint
     assert all(leak["input"] != leak["output"] and leak["grad_norm"] > 0 for leak in broken.details["leaks"])
     assert model.training, "the check must put the model back into train mode"
 
 
+def test_batch_independence_is_not_fooled_by_softmax_outputs(v10):
+    """Outputs that sum to 1 have a zero gradient for the plain sum of output i: the old probe
+    called a correct softmax model dead and hid real mixing. The random projection sees both."""
+    train, debug_tools, _, _, test_set, bad = v10
+    import torch.nn.functional as F
+
+    class SoftmaxOutputs(train.MyNN):
+        def forward(self, x):
+            return F.softmax(super().forward(x), dim=1)
+
+    class SoftmaxAndMixing(bad["mixes_samples"]):
+        def forward(self, x):
+            return F.softmax(super().forward(x), dim=1)
+
+    torch.manual_seed(0)
+    correct = debug_tools.verify_batch_independence(SoftmaxOutputs(), test_set.images[:8])
+    assert correct.passed, correct.report()
+    torch.manual_seed(0)
+    mixing = debug_tools.verify_batch_independence(SoftmaxAndMixing(), test_set.images[:8])
+    assert not mixing.passed and mixing.details["offending_inputs"]
+    assert mixing.details["outputs_without_own_gradient"] == []
+
+
+def test_batch_independence_names_outputs_that_ignore_their_input(v10):
+    train, debug_tools, _, _, test_set, bad = v10
+    torch.manual_seed(0)
+    broken = debug_tools.verify_batch_independence(bad["zeroes_input"](), test_set.images[:8])
+    assert not broken.passed
+    assert broken.details["outputs_without_own_gradient"] == list(range(8)) and broken.details["leaks"] == []
+    assert "do not depend on their own input" in broken.criterion and "throws the input away" in broken.hint
+    assert "mixed" not in broken.hint
+
+
 def test_gradient_flow(v10):
     train, debug_tools, _, train_set, _, bad = v10
-    loader = train.TensorLoader(train_set, 64)
+    images, labels = train_set.images[:64], train_set.labels[:64]
     torch.manual_seed(0)
     model = train.MyNN()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    good = debug_tools.verify_gradient_flow(model, loader, "cpu")
+    good = debug_tools.verify_gradient_flow(model, images, labels, train.loss_fn)
     assert good.passed, good.report()
     assert good.value == 0 and len(good.details["grad_norms"]) == 14
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), "the check changed the model"
+    assert all(p.grad is None for p in model.parameters())
 
     torch.manual_seed(0)
-    broken = debug_tools.verify_gradient_flow(bad["discards_conv2"](), loader, "cpu")
+    broken = debug_tools.verify_gradient_flow(bad["discards_conv2"](), images, labels, train.loss_fn)
     assert not broken.passed
     conv2 = ["conv2.0.weight", "conv2.0.bias", "conv2.2.weight", "conv2.2.bias"]
     assert broken.details["without_gradient"] == conv2 and broken.value == 4
     assert all(name in broken.criterion for name in conv2)
+
+
+def test_step_gradient_passes_on_the_runs_step_and_catches_a_missing_zero_grad(v10):
+    train, debug_tools, _, train_set, _, _ = v10
+    images, labels = train_set.images[:64], train_set.labels[:64]
+    torch.manual_seed(0)
+    model = train.MyNN()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    good = debug_tools.verify_step_gradient(model, images, labels, loss_fn=train.loss_fn, **own_training(train))
+    assert good.passed, good.report()
+    assert good.value < 1e-5 and good.details["optimizer_steps"] == 2
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), "the check changed the model"
+
+    pieces = {**own_training(train), "training_step": step_without_zero_grad}
+    broken = debug_tools.verify_step_gradient(model, images, labels, loss_fn=train.loss_fn, **pieces)
+    assert not broken.passed and broken.value > 0.1
+    assert broken.details["relative_difference_if_accumulated"] < 1e-3  # exactly: fresh + previous step's
+    assert "accumulate" in broken.hint and "zero_grad" in broken.hint
+
+
+def test_step_gradient_says_when_no_gradient_reaches_the_optimizer(v10):
+    train, debug_tools, _, train_set, _, _ = v10
+
+    def step_without_backward(model, images, labels, optimizer, scheduler):
+        loss = train.loss_fn(model(images), labels)
+        optimizer.zero_grad(set_to_none=True)
+        optimizer.step()
+        scheduler.step()
+        return loss.item(), None
+
+    torch.manual_seed(0)
+    pieces = {**own_training(train), "training_step": step_without_backward}
+    broken = debug_tools.verify_step_gradient(train.MyNN(), train_set.images[:64], train_set.labels[:64],
+                                              loss_fn=train.loss_fn, **pieces)
+    assert not broken.passed and broken.value == pytest.approx(1.0)
+    assert len(broken.details["parameters_without_gradient"]) == 14 and "loss.backward()" in broken.hint
+
+
+def test_optimizer_config(v10):
+    train, debug_tools, _, _, _, _ = v10
+    model = train.MyNN()
+    cfg = train.parse_args(["--lr", "0.002", "--weight-decay", "0.1"])
+    optimizer, _ = train.make_optimizer(model, cfg, total_steps=100)
+    good = debug_tools.verify_optimizer_config(model, optimizer, lr=0.002, weight_decay=0.1)
+    assert good.passed, good.report()
+
+    swapped = torch.optim.AdamW(model.parameters(), lr=0.1, weight_decay=0.002)
+    broken = debug_tools.verify_optimizer_config(model, swapped, lr=0.002, weight_decay=0.1)
+    assert not broken.passed and broken.value == 2
+    assert "is not --lr 0.002" in broken.criterion and "is not --weight-decay 0.1" in broken.criterion
+
+    classifier_only = torch.optim.AdamW(model.classifier.parameters(), lr=0.002, weight_decay=0.1)
+    partial = debug_tools.verify_optimizer_config(model, classifier_only, lr=0.002, weight_decay=0.1)
+    assert not partial.passed and "8 of 14 parameter tensors not in the optimizer" in partial.criterion
+
+    other_model = torch.optim.AdamW(train.MyNN().parameters(), lr=0.002, weight_decay=0.1)
+    foreign = debug_tools.verify_optimizer_config(model, other_model, lr=0.002, weight_decay=0.1)
+    assert not foreign.passed and "do not belong to this model" in foreign.criterion
 
 
 class MappedLoader:
@@ -217,8 +393,9 @@ def test_v10_preflight_passes_on_the_correct_code(fmnist_data, tmp_path):
     train = load_version(V10)
     results = train.main(["--preflight", *quick_args(tmp_path / "out", fmnist_data[0])])
     assert results["status"] == "preflight" and results["exit_code"] == 0 and results["all_checks_passed"]
-    assert set(results["checks"]) == {"input_independent_baseline", "input_before_net", "loss_at_init",
-                                      "gradient_flow", "overfit_one_batch", "batch_independence"}
+    assert list(results["checks"]) == ["input_independent_baseline", "input_before_net", "loss_at_init",
+                                       "optimizer_config", "gradient_flow", "step_gradient", "overfit_one_batch",
+                                       "batch_independence"]
     assert all(c["passed"] for c in results["checks"].values())
     assert (tmp_path / "out" / "results.json").is_file()
     assert not (tmp_path / "out" / "history.jsonl").exists() and not (tmp_path / "out" / "best_model_v10.pth").exists()
@@ -232,8 +409,10 @@ def test_v10_preflight_fails_on_a_planted_bug(fmnist_data, tmp_path, monkeypatch
     monkeypatch.setattr(train, "MyNN", planted_models(train)[bug])
     results = train.main(["--preflight", *quick_args(tmp_path / "out", fmnist_data[0]), *FAST])
     assert results["exit_code"] == 1 and not results["all_checks_passed"]
-    assert [name for name, c in results["checks"].items() if not c["passed"]] == [failing]
-    assert f"FAILED: {failing}" in capsys.readouterr().out
+    failed = [name for name, c in results["checks"].items() if not c["passed"]]
+    # std 1.0 at the last layer also makes a batch loss exceed --diverged-loss within two steps
+    assert failed == ([failing, "step_gradient"] if bug == "last_layer_std_1" else [failing])
+    assert f"FAILED: {', '.join(failed)}" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("planted, exit_code", [(False, 0), (True, 1)])
@@ -258,4 +437,4 @@ def test_preflight_process_exits_1_when_a_check_fails(fmnist_data, tmp_path):
                           text=True, timeout=300, env=env)
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "CHECK SUMMARY" in proc.stdout and "Traceback" not in proc.stderr
-    assert "4/5 passed; FAILED: overfit_one_batch" in proc.stdout
+    assert "6/7 passed; FAILED: overfit_one_batch" in proc.stdout

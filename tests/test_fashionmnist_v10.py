@@ -33,8 +33,9 @@ PNGS = ["human_baseline_samples.png", "input_visualization.png", "overfit_one_ba
         # the data plots inherited from v9
         "data_samples.png", "class_means.png", "pixel_histogram.png"]
 PROMISED = [*PNGS, "best_model_v10.pth", "results.json", "history.jsonl", "REPORT.md"]
-CHECKS = ["input_independent_baseline", "input_before_net", "loss_at_init", "gradient_flow", "overfit_one_batch",
-          "training_loss_decreases", "train_test_gap", "batch_independence"]
+CHECKS = ["input_independent_baseline", "input_before_net", "loss_at_init", "optimizer_config", "gradient_flow",
+          "step_gradient", "overfit_one_batch", "batch_independence", "training_loss_decreases", "train_test_gap",
+          "batch_independence_after_training"]
 
 
 def quick_run(data_dir, out, *extra):
@@ -93,6 +94,8 @@ def test_every_check_passes_on_the_correct_code(run):
     assert abs(checks["loss_at_init"]["value"] - math.log(10)) <= 0.3
     assert checks["overfit_one_batch"]["value"] <= 0.05 and checks["overfit_one_batch"]["details"]["accuracy"] == 1.0
     assert checks["gradient_flow"]["value"] == 0 and checks["batch_independence"]["value"] == 0
+    assert checks["batch_independence_after_training"]["value"] == 0 and checks["optimizer_config"]["value"] == 0
+    assert checks["step_gradient"]["value"] < 1e-5 and checks["step_gradient"]["details"]["optimizer_steps"] == 2
     baseline = checks["input_independent_baseline"]["details"]
     assert baseline["zero_input"] <= 0.15 and baseline["real_input"] - baseline["zero_input"] >= 0.2
 
@@ -172,13 +175,42 @@ def test_summary_table_is_printed(run):
         assert re.search(rf"^{name}\s+PASS", stdout, re.M), name
 
 
+def history_numbers(out):
+    return [{k: v for k, v in h.items() if k != "seconds"} for h in read_jsonl(out / "history.jsonl")]
+
+
 def test_same_seed_same_numbers(run, tmp_path):
-    """Same seed, same machine, CPU: the same numbers, bit for bit."""
+    """Same seed, same machine, CPU: the same numbers, bit for bit; another seed differs (so the
+    test can fail)."""
     again, _ = quick_run(run["data_dir"], tmp_path / "again")
+    other, _ = quick_run(run["data_dir"], tmp_path / "other_seed", "--seed", "7", "--no-human-baseline",
+                         "--no-input-independent-baseline", "--no-overfit-test")
 
     def numbers(out, results):
-        history = [{k: v for k, v in h.items() if k != "seconds"} for h in read_jsonl(out / "history.jsonl")]
         checks = {name: (c["passed"], c["value"]) for name, c in results["checks"].items()}
-        return history, checks, results["test_metrics"], results["train_metrics"], results["prediction_dynamics"]
+        return history_numbers(out), checks, results["test_metrics"], results["train_metrics"], \
+            results["prediction_dynamics"]
 
     assert numbers(tmp_path / "again", again) == numbers(run["out"], run["results"])
+    assert history_numbers(tmp_path / "other_seed") != history_numbers(run["out"])
+    assert other["test_metrics"]["loss"] != run["results"]["test_metrics"]["loss"]
+
+
+def test_checks_do_not_change_training(run, tmp_path):
+    """Checks observe, they do not perturb: with every optional check switched off, the same
+    seed trains the same model to the last bit, and so does v9-step1, which has none of them."""
+    fewer, _ = quick_run(run["data_dir"], tmp_path / "fewer", "--no-human-baseline",
+                         "--no-input-independent-baseline", "--no-overfit-test", "--no-batch-independence-test")
+    assert history_numbers(tmp_path / "fewer") == history_numbers(run["out"])
+    assert fewer["test_metrics"] == run["results"]["test_metrics"]
+    report = (tmp_path / "fewer" / "REPORT.md").read_text()
+    assert "human baseline" not in report and "human baseline" in (run["out"] / "REPORT.md").read_text()
+    weights = [torch.load(d / "best_model_v10.pth", weights_only=True)["model_state"]
+               for d in (run["out"], tmp_path / "fewer")]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+    with VersionContext("fashionmnist/v9-step1") as v9, contextlib.redirect_stdout(io.StringIO()):
+        v9_results = v9.main(quick_args(tmp_path / "v9", run["data_dir"]))
+    v10_history = [{k: v for k, v in h.items() if k != "batch_losses"} for h in history_numbers(run["out"])]
+    assert history_numbers(tmp_path / "v9") == v10_history
+    assert v9_results["test_accuracy"] == run["results"]["test_accuracy"]

@@ -20,6 +20,7 @@ from fmnist_helpers import (  # noqa: F401  (fixtures)
     assert_finite,
     assert_png_has_content,
     fmnist_data,
+    generated_data,
     load_checkpoint_into,
     quick_args,
     read_jsonl,
@@ -83,14 +84,20 @@ def test_data_report(run):
     assert len(report["classes"]) == 10 and report["image_shape"] == [28, 28]
     assert report["train_size"] == sum(report["train_class_counts"].values())
     assert report["test_size"] == sum(report["test_class_counts"].values())
-    assert report["train_size"] == 512 and 0 < report["test_size"] <= 512  # quick mode: the first 512 of each
+    # quick mode: the report describes the 512 training images of the split that trains, not the
+    # first 512 raw images, and the test images that are evaluated
+    train = load_version(V9)
+    cfg = train.parse_args(quick_args(run["out"], run["data_dir"]))
+    train_set, _, test_set = train.split_data(*train.load_raw_data(run["data_dir"]), cfg, torch.device("cpu"))
+    assert report["train_size"] == len(train_set) == 512 and report["test_size"] == len(test_set)
+    assert list(report["train_class_counts"].values()) == torch.bincount(train_set.labels, minlength=10).tolist()
+    assert list(report["test_class_counts"].values()) == torch.bincount(test_set.labels, minlength=10).tolist()
     stats = report["pixel_stats"]
     assert 0 == stats["min"] < stats["mean"] < stats["max"] <= 1  # reported after /255
     assert 0 < stats["fraction_zero"] < 1 and stats["std"] > 0
     assert all(0 < v < 1 for v in report["class_mean_intensity"].values())
     if run["is_real"]:
         assert report["classes"][0] == "T-shirt/top" and 0.2 < stats["mean"] < 0.4  # Fashion-MNIST: ~0.29
-    assert report["duplicates_within_train"] >= 0 and report["test_images_also_in_train"] >= 0
 
 
 def test_history_has_one_finite_line_per_epoch(run):
@@ -102,6 +109,44 @@ def test_history_has_one_finite_line_per_epoch(run):
         assert 0 < h["train_loss"] < 10 and 0 < h["val_loss"] < 10
         assert 0 <= h["train_accuracy"] <= 1 and 0 <= h["val_accuracy"] <= 1
     assert results["best_val_accuracy"] == max(h["val_accuracy"] for h in history)
+
+
+def test_best_epoch_is_the_one_with_the_highest_validation_accuracy(generated_data, tmp_path, monkeypatch):
+    """Three epochs on the small generated set, with validation accuracies scripted as 0.5, 0.9,
+    0.7: the kept checkpoint must be epoch 2, not the last one, and the test accuracy is the
+    one of that checkpoint."""
+    train = load_version(V9)
+    import metrics
+
+    scripted = iter([0.5, 0.9, 0.7])
+
+    def evaluate_with_scripted_validation(model, loader, device):
+        loss, accuracy = metrics.evaluate(model, loader, device)
+        return (loss, next(scripted)) if loader is val_loaders[0] else (loss, accuracy)
+
+    val_loaders = []
+    real_load_data = train.load_data
+
+    def load_data(run):
+        raw, data = real_load_data(run)
+        val_loaders.append(data.val_loader)
+        return raw, data
+
+    monkeypatch.setattr(train, "load_data", load_data)
+    monkeypatch.setattr(train, "evaluate", evaluate_with_scripted_validation)
+    out = tmp_path / "out"
+    with contextlib.redirect_stdout(io.StringIO()):
+        results = train.main(["--device", "cpu", "--out", str(out), "--data-dir", str(generated_data),
+                              "--val-size", "200", "--epochs", "3"])
+    history = read_jsonl(out / "history.jsonl")
+    assert [h["val_accuracy"] for h in history] == [0.5, 0.9, 0.7]
+    assert results["best_epoch"] == 2 and results["best_val_accuracy"] == 0.9
+    model, checkpoint = load_checkpoint_into(train, out / "best_model_v9.pth")
+    assert checkpoint["epoch"] == 2
+    cfg = train.parse_args(["--data-dir", str(generated_data), "--val-size", "200"])
+    _, _, test_set = train.split_data(*train.load_raw_data(generated_data), cfg, torch.device("cpu"))
+    _, accuracy = metrics.evaluate(model, train.TensorLoader(test_set, 1024), "cpu")
+    assert accuracy == results["test_accuracy"]
 
 
 def test_checkpoint_loads_with_weights_only_and_reproduces_the_test_accuracy(run):

@@ -612,7 +612,8 @@ def verify_step_gradient(model, images, labels, *, make_optimizer, training_step
     if diverged or len(at_step) != 2:
         problem = (f"training diverged ({diverged})" if diverged else
                    f"optimizer.step() ran {len(at_step)} times in 2 training steps")
-        hint = ("Check the learning rate." if diverged else
+        hint = ("The loss exploded within two steps: if loss_at_init fails too, fix the init first; "
+                "otherwise lower the learning rate." if diverged else
                 "training_step must call optimizer.step() exactly once per batch.")
         return CheckResult(name="step_gradient", passed=False, value=float("nan"), threshold=tolerance,
                            criterion=f"one optimizer step per training step: {problem}", hint=hint,
