@@ -1,0 +1,88 @@
+"""fashionmnist/v1 ... v4 teach one idea each: `diff -ru vN-1 vN` must show that idea and
+nothing else. Each version holds the same six files; the files that differ from the
+predecessor are exactly the declared ones; and the code no version is meant to change
+(the training step, the check verdicts, the run records) stays identical, down to the
+source text of each function, across all four versions and the versions they share it with."""
+from __future__ import annotations
+
+import ast
+
+import pytest
+
+from conftest import REPO_ROOT
+from fmnist_v1_v4_helpers import V1, V2, V3, V4, VERSION_FILES
+
+V9 = "fashionmnist/v9-step1"
+PREDECESSOR = {V2: V1, V3: V2, V4: V3}
+# The files each version changes on purpose: its lesson (README.md, FAZIT.md) and the code of its idea.
+CHANGED = {
+    V2: {"README.md", "FAZIT.md", "train.py", "debug_tools.py", "visualization.py"},  # splits, best epoch, curves
+    V3: {"README.md", "FAZIT.md", "train.py", "debug_tools.py"},  # normalisation and augmentation, their checks
+    V4: {"README.md", "FAZIT.md", "train.py", "debug_tools.py", "visualization.py"},  # the model, activation plot
+}
+# Defined once in v1 and never changed by v2 ... v4: the training code every check drives
+# (schedules arrive in v5), and the run's plumbing.
+SAME_IN_EVERY_VERSION = {
+    "train.py": ["TrainingDiverged", "loss_fn", "make_optimizer", "training_step", "train_one_epoch", "set_seed",
+                 "pick_device", "RunError", "to_tensor", "load_raw_data", "HelpFormatter", "prepare_out_dir",
+                 "write_json", "device_name", "Run", "start_run", "record_checks", "finish_preflight"],
+    "debug_tools.py": ["CheckResult", "_fmt", "print_check_summary", "rng_untouched", "inspect_batch"],
+    "visualization.py": ["read_history", "plot_batch"],
+    "metrics.py": ["evaluate"],
+}
+# Copied verbatim from v9-step1, so that all versions print and record verdicts the same way.
+FROM_V9 = ["CheckResult", "_fmt", "print_check_summary", "rng_untouched"]
+
+
+def files_of(version: str) -> set[str]:
+    folder = REPO_ROOT / version
+    return {str(p.relative_to(folder)) for p in folder.rglob("*")
+            if p.is_file() and "outputs" not in p.parts and "__pycache__" not in p.parts}
+
+
+def definitions(version: str, file: str) -> dict[str, str]:
+    """Top-level functions and classes of a file, by name, as source text."""
+    source = (REPO_ROOT / version / file).read_text()
+    return {node.name: ast.get_source_segment(source, node) for node in ast.parse(source).body
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
+
+
+@pytest.mark.parametrize("version", [V1, V2, V3, V4])
+def test_every_version_holds_the_six_files(version):
+    assert files_of(version) == set(VERSION_FILES)
+
+
+@pytest.mark.parametrize("version", [V2, V3, V4])
+def test_only_the_declared_files_differ_from_the_predecessor(version):
+    previous = PREDECESSOR[version]
+    differing = {name for name in VERSION_FILES
+                 if (REPO_ROOT / version / name).read_bytes() != (REPO_ROOT / previous / name).read_bytes()}
+    assert differing == CHANGED[version], (
+        f"{version} differs from {previous} in {sorted(differing)}, declared: {sorted(CHANGED[version])}")
+
+
+@pytest.mark.parametrize("file", sorted(SAME_IN_EVERY_VERSION))
+def test_shared_code_is_identical_in_every_version(file):
+    sources = {version: definitions(version, file) for version in (V1, V2, V3, V4)}
+    for name in SAME_IN_EVERY_VERSION[file]:
+        assert name in sources[V1], f"{name} missing from {V1}/{file}"
+        for version in (V2, V3, V4):
+            assert sources[version].get(name) == sources[V1][name], f"{version}/{file}: {name} differs from v1's"
+
+
+def test_check_verdicts_are_v9s_verbatim():
+    v9 = definitions(V9, "debug_tools.py")
+    v1 = definitions(V1, "debug_tools.py")
+    for name in FROM_V9:
+        assert v1[name] == v9[name], f"{name} differs from {V9}'s: change it in every version or in none"
+
+
+@pytest.mark.parametrize("version", [V2, V3, V4])
+def test_a_version_only_adds_checks(version):
+    """Every check function of the predecessor is still there, unchanged: a version adds its
+    debug tools, it does not rewrite the earlier ones."""
+    previous = definitions(PREDECESSOR[version], "debug_tools.py")
+    current = definitions(version, "debug_tools.py")
+    assert set(previous) < set(current)
+    assert all(current[name] == source for name, source in previous.items())
+
