@@ -260,7 +260,7 @@ def verify_normalisation_stats(splits: dict[str, torch.Tensor], loaders: dict, t
 
     Statistics computed on the validation or test images (or on all of them together)
     let those images shape the input pipeline: a small leak on Fashion-MNIST, where
-    the test mean (0.2868) is close to the training mean (0.2860), but the habit
+    the test mean (0.2868) is close to the training split's mean (0.2859), but the habit
     decides on data sets where it is not. And all loaders must use the same numbers:
     a model evaluated with other statistics than it was trained with sees shifted inputs.
     `splits` holds the unnormalised images of each split ({"train": ..., "val": ...,
