@@ -195,5 +195,6 @@ def test_divergence_after_some_epochs_keeps_history_and_checkpoint(version, gene
     model, checkpoint = load_checkpoint_into(train, out / train.MODEL_FILE)
     assert checkpoint["epoch"] == results["best_epoch"]
     assert (out / "training_curves.png").is_file()  # drawn from the epochs that finished
+    assert results["checks"]["loss_at_init"]["passed"] is True  # the verdicts before training are kept too
     err = capsys.readouterr().err
     assert f"epochs done: {failed_epoch - 1}" in err and "Traceback" not in err

@@ -438,3 +438,30 @@ def test_preflight_process_exits_1_when_a_check_fails(fmnist_data, tmp_path):
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "CHECK SUMMARY" in proc.stdout and "Traceback" not in proc.stderr
     assert "6/7 passed; FAILED: overfit_one_batch" in proc.stdout
+
+
+def test_batch_independence_gives_a_verdict_when_forward_cuts_the_graph(v10):
+    """A forward that detaches its input leaves no path to it: a failed check naming every output,
+    not a crash of torch.autograd.grad."""
+    train, debug_tools, _, _, test_set, _ = v10
+
+    class DetachesInput(train.MyNN):
+        def forward(self, x):
+            return super().forward(x.detach())
+
+    broken = debug_tools.verify_batch_independence(DetachesInput(), test_set.images[:8])
+    assert not broken.passed and broken.details["outputs_without_own_gradient"] == list(range(8))
+    assert "detaches it" in broken.hint
+
+
+def test_gradient_flow_fails_on_nan_gradients(v10):
+    train, debug_tools, _, train_set, _, _ = v10
+
+    class NaNInForward(train.MyNN):
+        def forward(self, x):
+            return super().forward(x) * torch.sqrt(torch.tensor(-1.0))
+
+    broken = debug_tools.verify_gradient_flow(NaNInForward(), train_set.images[:64], train_set.labels[:64],
+                                              train.loss_fn)
+    assert not broken.passed and len(broken.details["non_finite_gradient"]) == 14
+    assert "NaN or infinite" in broken.hint

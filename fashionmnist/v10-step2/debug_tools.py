@@ -505,8 +505,13 @@ def verify_batch_independence(model, images, name: str = "batch_independence",
     projection = torch.randn(outputs.shape[1:], generator=torch.Generator().manual_seed(0)).to(outputs.device)
     norms = []
     for i in range(len(inputs)):
-        (grad,) = torch.autograd.grad((outputs[i] * projection).sum(), inputs, retain_graph=True)
-        norms.append(grad.flatten(1).norm(dim=1))
+        # allow_unused: a forward that cuts the graph (.detach(), no_grad) leaves no path to the
+        # inputs at all; that is the verdict "no gradient on its own input", not a crash.
+        grad = None
+        if outputs.requires_grad:
+            (grad,) = torch.autograd.grad((outputs[i] * projection).sum(), inputs, retain_graph=True,
+                                          allow_unused=True)
+        norms.append(torch.zeros(len(inputs), device=inputs.device) if grad is None else grad.flatten(1).norm(dim=1))
     model.train(was_training)
     norms = torch.stack(norms)  # norms[i, j]: gradient of output i's projection w.r.t. input j
     floor = relative_threshold * norms.max().item()
@@ -520,7 +525,7 @@ def verify_batch_independence(model, images, name: str = "batch_independence",
                      "dimension, or a custom layer that reduces over dim 0.")
     if dead:
         hints.append("Some outputs do not depend on their own input: forward() throws the input away "
-                     "(multiplies it by 0, returns a constant, uses the wrong tensor).")
+                     "(multiplies it by 0, returns a constant, uses the wrong tensor, detaches it).")
     return CheckResult(
         name=name,
         passed=not leaks and not dead,
@@ -554,17 +559,25 @@ def verify_gradient_flow(model, images, labels, loss_fn) -> CheckResult:
     loss_fn(probe(images), labels).backward()
     norms = {name: (p.grad.norm().item() if p.grad is not None else None)
              for name, p in probe.named_parameters() if p.requires_grad}
-    without = [name for name, norm in norms.items() if not norm]
+    without = [name for name, norm in norms.items() if not norm]  # None or exactly 0
+    non_finite = [name for name, norm in norms.items() if norm is not None and not math.isfinite(norm)]
+    hints = []
+    if without:
+        hints.append("Some layers receive no gradient: check that forward() uses every block's output "
+                     "and that no .detach()/torch.no_grad() cuts the graph.")
+    if non_finite:
+        hints.append("Some gradients are NaN or infinite already at init: look for log(0), sqrt of a "
+                     "negative number or a division by zero in forward() or loss_fn.")
     return CheckResult(
         name="gradient_flow",
-        passed=not without,
-        value=len(without),
+        passed=not without and not non_finite,
+        value=len(without) + len(non_finite),
         threshold=0,
-        criterion=f"every one of {len(norms)} trainable parameter tensors gets a non-zero gradient"
-                  + (f"; none for: {', '.join(without)}" if without else ""),
-        hint="Some layers receive no gradient: check that forward() uses every block's output "
-             "and that no .detach()/torch.no_grad() cuts the graph.",
-        details={"grad_norms": norms, "without_gradient": without},
+        criterion=f"every one of {len(norms)} trainable parameter tensors gets a finite, non-zero gradient"
+                  + (f"; none for: {', '.join(without)}" if without else "")
+                  + (f"; NaN/inf for: {', '.join(non_finite)}" if non_finite else ""),
+        hint=" ".join(hints) or "Some layers receive no (finite) gradient.",
+        details={"grad_norms": norms, "without_gradient": without, "non_finite_gradient": non_finite},
         seconds=time.perf_counter() - start,
     )
 

@@ -570,6 +570,7 @@ def checks_before_training(run: Run, data: Data, model, optimizer) -> dict:
     for check in checks.values():
         print(check.report())
     run.results["checks_time_s"] = time.perf_counter() - started
+    record_checks(run, checks)  # in results.json even if training later diverges or is interrupted
     return checks
 
 

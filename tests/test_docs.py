@@ -1,0 +1,345 @@
+"""docs/: every example runs (small sizes) and shows what the guide says it shows; every command
+in the guide's code blocks uses a script and flags that exist; every Markdown link resolves.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import json
+import math
+import re
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+
+from conftest import REPO_ROOT, load_version
+from fmnist_helpers import assert_png_has_content, fmnist_data  # noqa: F401  (fixture)
+
+DOCS = REPO_ROOT / "docs"
+EXERCISE = REPO_ROOT / "exercises" / "find-the-bugs"
+
+
+def load_script(path: Path):
+    """Import a docs script by path under a name of its own (no clash with version modules)."""
+    name = "docs_" + path.stem
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_quietly(function, *args):
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        result = function(*args)
+    return result, stdout.getvalue()
+
+
+# ---------------------------------------------------------------------------
+# docs/examples
+# ---------------------------------------------------------------------------
+@pytest.mark.filterwarnings("ignore:Anomaly Detection has been enabled")
+def test_detect_anomaly_names_the_op_and_line_that_made_the_nan():
+    module = load_script(DOCS / "examples" / "detect_anomaly.py")
+    results, stdout = run_quietly(module.main, ["--steps", "2", "--repeats", "1", "--batch-sizes", "4"])
+    plain = results["without"]
+    # without the tool: the NaN is in the weights, the loss stays finite, the logits are constant
+    assert plain["all_losses_finite"]
+    assert {"hidden.weight", "features.0.weight"} <= set(plain["parameters_with_nan"])
+    assert "head.weight" not in plain["parameters_with_nan"]  # after the where(): untouched
+    assert plain["logits_same_for_every_image"]
+    # with the tool: the op and the forward line
+    found = results["with"]
+    assert found["op"] == "SqrtBackward0" and "returned nan values" in found["error"]
+    assert "detect_anomaly.py" in found["forward_frame"] and "in forward" in found["forward_frame"]
+    assert found["forward_code"].startswith("return torch.where(h > 0, torch.sqrt(h)")
+    # the fix: finite inside anomaly mode (which would raise otherwise), and it learns
+    assert all(math.isfinite(v) for v in results["fixed_losses"])
+    assert results["fixed_losses"][-1] < results["fixed_losses"][0]
+    timing = results["timing"][0]
+    assert timing["batch_size"] == 4 and timing["ms_per_step_off"] > 0 and timing["ms_per_step_on"] > 0
+    assert "slowdown" in stdout and "SqrtBackward0" in stdout
+
+
+def test_silent_bug_trains_and_gradient_flow_names_the_dead_blocks(tmp_path, fmnist_data):
+    module = load_script(DOCS / "examples" / "silent_bug.py")
+    results, stdout = run_quietly(module.main, [
+        "--data-dir", str(fmnist_data[0]), "--train-size", "1000", "--val-size", "500", "--steps", "40",
+        "--eval-every", "20", "--out", str(tmp_path)])
+    buggy, fixed = results["runs"]["buggy: head(x1)"], results["runs"]["fixed: head(x1_up)"]
+    # the check: the buggy forward leaves four blocks without gradient, the fixed one none
+    assert not buggy["gradient_flow_passed"] and buggy["dead_blocks"] == ["down1", "down2", "up1", "up2"]
+    assert buggy["dead_parameters"] / buggy["parameters"] > 0.5
+    assert fixed["gradient_flow_passed"] and fixed["without_gradient"] == []
+    # and yet the buggy model trains: its loss falls and it beats chance clearly
+    assert sum(buggy["losses"][-10:]) / 10 < buggy["losses"][0] - 0.3
+    assert buggy["curve"][-1]["val_accuracy"] > 0.3
+    assert "dead blocks: down1, down2, up1, up2" in stdout
+    assert_png_has_content(tmp_path / "silent_bug.png")
+    assert json.loads((tmp_path / "silent_bug.json").read_text())["steps"] == 40
+
+
+def test_the_silent_bug_is_the_only_difference():
+    """The buggy and the fixed model are the same network with the same weights; only the
+    tensor fed to the head differs, so the check's verdict is about that line alone."""
+    module = load_script(DOCS / "examples" / "silent_bug.py")
+    torch.manual_seed(0)
+    buggy = module.UNetClassifier(buggy=True)
+    torch.manual_seed(0)
+    fixed = module.UNetClassifier(buggy=False)
+    assert all(torch.equal(a, b) for a, b in zip(buggy.state_dict().values(), fixed.state_dict().values()))
+    x = torch.rand(2, 1, 28, 28)
+    assert not torch.allclose(buggy.eval()(x), fixed.eval()(x))
+
+
+@pytest.mark.filterwarnings(r"ignore:Detected call of `lr_scheduler.step\(\)` before `optimizer.step\(\)`")
+def test_one_sample_one_batch_passes_on_v10_and_fails_on_the_exercise(fmnist_data):
+    module = load_script(DOCS / "examples" / "one_sample_one_batch.py")
+    good, _ = run_quietly(module.main, ["--data-dir", str(fmnist_data[0]), "--sizes", "1", "8"])
+    assert good["all_passed"] and set(good["sizes"]) == {1, 8}
+    assert all(r["accuracy"] == 1.0 and r["loss"] <= 0.05 for r in good["sizes"].values())
+    bad, stdout = run_quietly(module.main, ["--data-dir", str(fmnist_data[0]), "--sizes", "1", "--steps", "60",
+                                            "--code", "exercises/find-the-bugs"])
+    assert not bad["all_passed"]
+    assert "The loss does not move" in bad["sizes"][1]["hint"]
+    assert "exercises/find-the-bugs (lr 0.1" in stdout
+
+
+def test_compare_checks_on_the_recorded_cpu_and_gpu_runs(tmp_path):
+    module = load_script(DOCS / "examples" / "compare_checks.py")
+    cpu = REPO_ROOT / "runs" / "2026-11-24-cpu" / "fashionmnist-v10-step2-preflight.results.json"
+    gpu = REPO_ROOT / "runs" / "2026-11-24-h100" / "fashionmnist-v10-step2-seed42-alone.results.json"
+    code, stdout = run_quietly(module.main, ["--only-common", str(cpu), str(gpu)])
+    assert code == 0 and "same verdict for all 8 checks" in stdout
+    # without --only-common the checks after training exist in one run only
+    code, stdout = run_quietly(module.main, [str(cpu), str(gpu)])
+    assert code == 1 and "train_test_gap" in stdout.split("verdicts differ:")[1]
+    # a flipped verdict is found
+    flipped = json.loads(cpu.read_text())
+    flipped["checks"]["gradient_flow"]["passed"] = False
+    (tmp_path / "flipped.json").write_text(json.dumps(flipped))
+    code, stdout = run_quietly(module.main, ["--only-common", str(tmp_path / "flipped.json"), str(gpu)])
+    assert code == 1 and "verdicts differ: gradient_flow" in stdout
+
+
+# ---------------------------------------------------------------------------
+# docs/advanced
+# ---------------------------------------------------------------------------
+def test_dataloader_example(tmp_path, fmnist_data):
+    module = load_script(DOCS / "advanced" / "dataloader.py")
+    frequent, rare, val = (200, 20, 20) if fmnist_data[1] else (40, 4, 5)  # the generated stand-in is small
+    results, stdout = run_quietly(module.main, [
+        "--data-dir", str(fmnist_data[0]), "--frequent", str(frequent), "--rare", str(rare), "--val-per-class",
+        str(val), "--epochs", "1", "--out", str(tmp_path)])
+    labels = results["labels"]
+    assert labels["names_agree"] and labels["files"] == 40
+    assert labels["naive_label"] == "dress"  # the naive rule picks one class silently
+    assert "coat_dress_00042.png" in labels["error"] and "matches 2 classes (dress, coat)" in labels["error"]
+    imbalance = results["imbalance"]
+    assert imbalance["shuffle (as is)"]["counts"] == [frequent] * 5 + [rare] * 5
+    assert imbalance["downsampled"]["counts"] == [rare] * 10
+    sampled = imbalance["WeightedRandomSampler"]["counts"]
+    assert sum(sampled) == 5 * (frequent + rare) and max(sampled) / min(sampled) < 2.5  # 10 without the sampler
+    crop = results["resize_vs_crop"]
+    assert crop["crop_object_share"] < 0.5
+    assert crop["correlation"]["resize"] > 0.95 > crop["correlation"]["center_crop"]
+    assert all(results["augmentation"]["checks"].values()), results["augmentation"]["checks"]
+    assert_png_has_content(tmp_path / "dataloader.png")
+    assert "AmbiguousLabelError" in stdout
+
+
+def test_filename_labels_strict_rule():
+    module = load_script(DOCS / "advanced" / "dataloader.py")
+    assert module.label_strict(Path("tshirt_00003.png")) == module.KEYWORDS.index("tshirt")
+    assert module.label_strict(Path("shirt_00004.png")) == module.KEYWORDS.index("shirt")
+    assert module.label_naive("tshirt_00003.png") == module.KEYWORDS.index("tshirt")
+    for bad, words in (("photo_00001.png", "matches no class"), ("bag-sandal.png", "matches 2 classes")):
+        with pytest.raises(module.AmbiguousLabelError, match=words):
+            module.label_strict(Path(bad))
+
+
+def test_optimizer_example_keeps_the_best_epoch(fmnist_data):
+    module = load_script(DOCS / "advanced" / "optimizer.py")
+    results, stdout = run_quietly(module.main, [
+        "--data-dir", str(fmnist_data[0]), "--train-size", "1500", "--val-size", "300", "--test-size", "300",
+        "--epochs", "3", "--batch-size", "32"])
+    accuracies = [r["val_accuracy"] for r in results["history"]]
+    assert len(accuracies) == 3 and results["best_val_accuracy"] == max(accuracies)
+    assert results["best_epoch"] == accuracies.index(max(accuracies)) + 1
+    # the model that comes back holds the best epoch's weights
+    assert results["restored_val_accuracy"] == results["best_val_accuracy"]
+    assert results["test_accuracy"] > 0.5
+    gap = results["loss_gap"]
+    # both causes of "validation below training loss": the epoch average, and dropout
+    assert gap["epoch_mean_train_loss"] > gap["val_loss"]
+    assert gap["epoch_mean_train_loss"] > gap["train_loss_dropout_on"] >= gap["train_loss_dropout_off"]
+    if fmnist_data[1]:  # measured on the real data: dropout alone adds 0.16 here
+        assert gap["train_loss_dropout_on"] - gap["train_loss_dropout_off"] > 0.05
+    assert "Best epoch by validation accuracy" in stdout
+
+
+def test_fit_stops_early_and_restores_the_best_weights():
+    """A model that cannot improve (learning rate 0) stops after `patience` epochs, and a model
+    whose validation accuracy falls gets the weights of its best epoch back."""
+    module = load_script(DOCS / "advanced" / "optimizer.py")
+    torch.manual_seed(0)
+    images, labels = torch.rand(64, 1, 28, 28), torch.randint(0, 10, (64,))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images, labels), batch_size=32)
+    model = module.small_cnn(0.0)
+    result = module.fit(model, loader, loader, torch.optim.SGD(model.parameters(), lr=0.0), epochs=10, patience=2)
+    assert result["best_epoch"] == 1 and result["stopped_after"] == 3
+
+    class Scripted(nn.Module):
+        """Validation accuracy 0.5, 1.0, 0.0 over three epochs: its weight counts the epochs."""
+
+        def __init__(self):
+            super().__init__()
+            self.epoch = nn.Parameter(torch.zeros(()), requires_grad=False)
+
+        def forward(self, x):
+            right = {1: 0.5, 2: 1.0}.get(int(self.epoch.item()), 0.0)
+            logits = torch.zeros(len(x), 10)
+            hit = torch.arange(len(x)) < int(right * len(x))
+            logits[hit, 0], logits[~hit, 1] = 1.0, 1.0
+            return logits + 0 * x.sum()
+
+    scripted = Scripted()
+    zeros = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.zeros(8, 1), torch.zeros(8).long()),
+                                        batch_size=8)
+    original = module.train_one_epoch
+    module.train_one_epoch = lambda model, loader, optimizer: (model.epoch.add_(1), 0.0)[1]
+    try:
+        result = module.fit(scripted, zeros, zeros, torch.optim.SGD([scripted.epoch], lr=0.0), epochs=3,
+                            patience=5)
+    finally:
+        module.train_one_epoch = original
+    assert [r["val_accuracy"] for r in result["history"]] == [0.5, 1.0, 0.0]
+    assert result["best_epoch"] == 2 and scripted.epoch.item() == 2  # the weights of epoch 2 are back
+
+
+# ---------------------------------------------------------------------------
+# Commands in the Markdown use scripts and flags that exist
+# ---------------------------------------------------------------------------
+COMMAND_FILES = [DOCS / "debugging.md", DOCS / "solutions.md", EXERCISE / "README.md"]
+
+
+def documented_commands(path: Path):
+    """(working directory, script, arguments) of every `python SCRIPT.py ...` line in the file's
+    fenced bash blocks. A block starts in the repository root, or in the file's own folder when
+    that holds a train.py (a version's or the exercise's README); `cd DIR` moves it (DIR taken
+    from the repository root where it does not exist from there); backslash continuations are
+    joined; comments are dropped."""
+    commands = []
+    start = path.parent if (path.parent / "train.py").is_file() else REPO_ROOT
+    for block in re.findall(r"```bash\n(.*?)```", path.read_text(), flags=re.S):
+        cwd = start
+        for line in block.replace("\\\n", " ").splitlines():
+            words = shlex.split(line, comments=True)
+            if words[:1] == ["cd"]:
+                cwd = (cwd / words[1]).resolve() if (cwd / words[1]).is_dir() else (REPO_ROOT / words[1]).resolve()
+            elif words[:1] == ["python"] and len(words) > 1 and words[1].endswith(".py"):
+                commands.append((cwd, (cwd / words[1]).resolve(), words[2:]))
+    return commands
+
+
+def parse_or_help(script: Path, args: list[str]):
+    """Parse `args` with the script's own parser; SystemExit means a flag or value was refused."""
+    if script.name == "train.py":
+        return load_version(script.parent).parse_args(args)
+    module = load_script(script)
+    if hasattr(module, "parse_args"):
+        return module.parse_args(args)
+    with contextlib.redirect_stdout(io.StringIO()) as help_text, contextlib.suppress(SystemExit):
+        module.main(["--help"])
+    flags = [a for a in args if a.startswith("--")]
+    missing = [f for f in flags if f not in help_text.getvalue()]
+    assert not missing, f"{script}: no such flags {missing}"
+    return None
+
+
+def test_documented_commands_use_existing_scripts_and_flags():
+    checked = 0
+    for path in COMMAND_FILES:
+        for cwd, script, args in documented_commands(path):
+            assert script.is_file(), f"{path.name}: {script} does not exist (run from {cwd})"
+            try:
+                parse_or_help(script, args)
+            except SystemExit as err:
+                raise AssertionError(f"{path.name}: `python {script.name} {' '.join(args)}` is refused") from err
+            checked += 1
+    assert checked >= 15, checked
+
+
+def test_the_command_check_can_fail():
+    v10 = REPO_ROOT / "fashionmnist" / "v10-step2" / "train.py"
+    with contextlib.redirect_stderr(io.StringIO()), pytest.raises(SystemExit):
+        parse_or_help(v10, ["--preflight", "--no-such-flag"])
+    with pytest.raises(AssertionError, match="no such flags"):
+        parse_or_help(DOCS / "examples" / "compare_checks.py", ["--no-such-flag"])
+
+
+# ---------------------------------------------------------------------------
+# Links
+# ---------------------------------------------------------------------------
+def markdown_files() -> list[Path]:
+    return [REPO_ROOT / "README.md", *sorted(DOCS.rglob("*.md")), *sorted((REPO_ROOT / "exercises").rglob("*.md"))]
+
+
+def github_anchor(heading: str) -> str:
+    """The id GitHub gives a heading: lower case, punctuation dropped, spaces to hyphens."""
+    text = re.sub(r"`", "", heading.strip().lower())
+    text = re.sub(r"[^\w\- ]", "", text)
+    return text.replace(" ", "-")
+
+
+def anchors(path: Path) -> set[str]:
+    text = re.sub(r"```.*?```", "", path.read_text(), flags=re.S)
+    return {github_anchor(m) for m in re.findall(r"^#+ (.+)$", text, flags=re.M)}
+
+
+def broken_links(path: Path) -> tuple[list[str], int]:
+    """Relative links of `path` whose file or heading does not exist, and how many were checked."""
+    text = re.sub(r"```.*?```", "", path.read_text(), flags=re.S)
+    text = re.sub(r"`[^`\n]*`", "", text)
+    broken, checked = [], 0
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if re.match(r"[a-z]+:", target):  # http:, https:, mailto:
+            continue
+        checked += 1
+        file_part, _, anchor = target.partition("#")
+        resolved = (path.parent / file_part).resolve() if file_part else path
+        if not resolved.exists():
+            broken.append(f"{target} (no {resolved})")
+        elif anchor and resolved.suffix == ".md" and anchor not in anchors(resolved):
+            broken.append(f"{target} (no heading #{anchor} in {resolved.name})")
+    return broken, checked
+
+
+def test_markdown_links_resolve():
+    total = 0
+    for path in markdown_files():
+        broken, checked = broken_links(path)
+        assert not broken, f"{path.relative_to(REPO_ROOT)}: {broken}"
+        total += checked
+    assert total >= 60, total
+
+
+def test_the_link_check_can_fail(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("# Title\n[ok](page.md) [ok](#title) [file](missing.md) [anchor](page.md#nowhere) "
+                    "[web](https://example.org) `[code](not-checked.md)`\n")
+    broken, checked = broken_links(page)
+    assert checked == 4
+    assert [b.split(" ")[0] for b in broken] == ["missing.md", "page.md#nowhere"]
+
+
+def test_the_readme_links_docs_and_the_exercise():
+    readme = (REPO_ROOT / "README.md").read_text()
+    for target in ("docs/debugging.md", "docs/questions.md", "docs/solutions.md", "exercises/find-the-bugs"):
+        assert f"]({target}" in readme, target
