@@ -6,6 +6,7 @@ source text of each function, across all four versions and the versions they sha
 from __future__ import annotations
 
 import ast
+import re
 
 import pytest
 
@@ -13,12 +14,17 @@ from conftest import REPO_ROOT
 from fmnist_v1_v4_helpers import V1, V2, V3, V4, VERSION_FILES
 
 V9 = "fashionmnist/v9-step1"
-PREDECESSOR = {V2: V1, V3: V2, V4: V3}
+V5, V6, V7, V8 = "fashionmnist/v5", "fashionmnist/v6", "fashionmnist/v7", "fashionmnist/v8"
+PREDECESSOR = {V2: V1, V3: V2, V4: V3, V5: V4, V6: V5, V7: V6, V8: V7}
 # The files each version changes on purpose: its lesson (README.md, FAZIT.md) and the code of its idea.
 CHANGED = {
     V2: {"README.md", "FAZIT.md", "train.py", "debug_tools.py", "visualization.py"},  # splits, best epoch, curves
     V3: {"README.md", "FAZIT.md", "train.py", "debug_tools.py"},  # normalisation and augmentation, their checks
     V4: {"README.md", "FAZIT.md", "train.py", "debug_tools.py", "visualization.py"},  # the model, activation plot
+    V5: {"README.md", "FAZIT.md", "train.py", "debug_tools.py", "visualization.py"},  # schedule, LR finder, plots
+    V6: {"README.md", "FAZIT.md", "train.py", "debug_tools.py", "visualization.py"},  # ResNet, soft targets, checks
+    V7: {"README.md", "FAZIT.md", "train.py", "metrics.py", "visualization.py"},  # the explaining evaluation
+    V8: {"README.md", "FAZIT.md", "train.py", "metrics.py", "visualization.py"},  # run records (+ compare_runs.py)
 }
 # Defined once in v1 and never changed by v2 ... v4: the training code every check drives
 # (schedules arrive in v5), and the run's plumbing.
@@ -47,12 +53,12 @@ def definitions(version: str, file: str) -> dict[str, str]:
             if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
 
 
-@pytest.mark.parametrize("version", [V1, V2, V3, V4])
+@pytest.mark.parametrize("version", [V1, V2, V3, V4, V5, V6, V7])
 def test_every_version_holds_the_six_files(version):
     assert files_of(version) == set(VERSION_FILES)
 
 
-@pytest.mark.parametrize("version", [V2, V3, V4])
+@pytest.mark.parametrize("version", [V2, V3, V4, V5, V6, V7, V8])
 def test_only_the_declared_files_differ_from_the_predecessor(version):
     previous = PREDECESSOR[version]
     differing = {name for name in VERSION_FILES
@@ -77,7 +83,7 @@ def test_check_verdicts_are_v9s_verbatim():
         assert v1[name] == v9[name], f"{name} differs from {V9}'s: change it in every version or in none"
 
 
-@pytest.mark.parametrize("version", [V2, V3, V4])
+@pytest.mark.parametrize("version", [V2, V3, V4, V5, V6])
 def test_a_version_only_adds_checks(version):
     """Every check function of the predecessor is still there, unchanged: a version adds its
     debug tools, it does not rewrite the earlier ones."""
@@ -86,3 +92,35 @@ def test_a_version_only_adds_checks(version):
     assert set(previous) < set(current)
     assert all(current[name] == source for name, source in previous.items())
 
+
+
+# v7 and v8 do not change training: the same seed must give v6's model. Every function that
+# trains (or decides what training sees) is v6's, to the character; v7 adds evaluation, v8 records.
+TRAINING_CODE_FROM_V6 = ["set_seed", "TensorLoader", "to_tensor", "normalisation_stats", "random_crop", "random_flip",
+                         "Transform", "load_raw_data", "split_indices", "load_data", "BasicBlock", "ResNet",
+                         "loss_fn", "make_optimizer", "training_step", "smoothed_targets", "MixedBatch", "mix_batch",
+                         "train_one_epoch", "checks_before_training"]
+
+
+@pytest.mark.parametrize("version", [V7, V8])
+def test_training_code_is_v6s(version):
+    v6 = definitions(V6, "train.py")
+    current = definitions(version, "train.py")
+    for name in TRAINING_CODE_FROM_V6:
+        assert name in v6, f"{name} missing from {V6}/train.py"
+        assert current.get(name) == v6[name], f"{version}/train.py: {name} differs from v6's"
+    config = [line for line in (REPO_ROOT / V6 / "train.py").read_text().splitlines()
+              if re.match(r"[A-Z_]+ = ", line)]
+    assert len(config) > 30
+    assert all(line in (REPO_ROOT / version / "train.py").read_text().splitlines() for line in config), \
+        "a v6 constant changed: the defaults of training must stay v6's"
+
+
+def test_v8_adds_compare_runs_and_nothing_else():
+    assert files_of(V8) == set(VERSION_FILES) | {"compare_runs.py"}
+
+
+@pytest.mark.parametrize("version", [V7, V8])
+def test_v7_and_v8_keep_every_check(version):
+    """They add no check: debug_tools.py is v6's, byte for byte."""
+    assert (REPO_ROOT / version / "debug_tools.py").read_bytes() == (REPO_ROOT / V6 / "debug_tools.py").read_bytes()

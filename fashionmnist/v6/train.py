@@ -1,0 +1,867 @@
+"""Fashion-MNIST v6: a small ResNet for 28x28, label smoothing and MixUp.
+
+Same data, optimizer and schedule as v5; the model becomes a ResNet (three stages of
+two residual blocks, 696,042 parameters): every block adds its input back to its
+output, so gradients reach the first layers undiminished. The training targets become
+soft: label smoothing moves a little probability from the true class to all classes,
+and MixUp trains on blends of two images with the same blend of their labels. Both
+keep the model from becoming overconfident. New checks: the loss to expect at init
+under smoothing and MixUp (ln C, whatever they do), a picture of a mixed batch with
+its soft labels, and gradient flow through the skip connections.
+
+    python train.py               # full run on the real Fashion-MNIST
+    python train.py --quick       # every code path in seconds, on a small subset
+    python train.py --preflight   # only the checks; exit code 1 if one fails
+    python train.py --help        # every constant below can be overridden
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+VERSION_DIR = Path(__file__).resolve().parent
+REPO_ROOT = VERSION_DIR.parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.append(str(REPO_ROOT))  # for shared/ (data location only)
+
+from shared.data import DataNotFoundError, fashion_mnist_root  # noqa: E402
+
+from debug_tools import (  # noqa: E402
+    activation_statistics,
+    inspect_batch,
+    lr_range_test,
+    print_check_summary,
+    rng_untouched,
+    standard_error,
+    expected_loss_at_init,
+    verify_eval_deterministic,
+    verify_expected_loss_at_init,
+    verify_gradient_flow,
+    verify_lr_schedule,
+    verify_mixed_batch,
+    verify_normalisation_stats,
+    verify_normalised_batch,
+    verify_splits_disjoint,
+    verify_train_augmented,
+    verify_train_eval_modes,
+)
+from metrics import evaluate  # noqa: E402
+from visualization import (  # noqa: E402
+    plot_activation_statistics,
+    plot_batch,
+    plot_gradient_flow,
+    plot_lr_finder,
+    plot_lr_schedule,
+    plot_mixed_batch,
+    plot_training_curves,
+)
+
+# ---------------------------------------------------------------------------
+# Configuration: every constant can be overridden on the command line.
+# ---------------------------------------------------------------------------
+SEED = 42  # one seed for Python, NumPy and PyTorch: the same run twice gives the same numbers
+EPOCHS = 30  # the schedule is laid over all of them; early stopping is off (see PATIENCE)
+BATCH_SIZE = 128  # small enough for many updates per epoch, large enough to be fast
+LEARNING_RATE = 3e-3  # the schedule's peak: 3x Adam's default is safe because OneCycle warms up to it
+LR_SCHEDULE = "onecycle"  # onecycle: warm up, then anneal far below; cosine: from --lr to 0; constant: v4's way
+WARMUP_FRACTION = 0.3  # OneCycle: share of all steps spent rising to the peak (PyTorch's default pct_start)
+WEIGHT_DECAY = 5e-2  # AdamW's decoupled decay per step is lr x this; only conv/linear weights, not BN or biases
+VAL_SIZE = 5000  # held out of the 60,000 training images to pick the best epoch; the test set stays untouched
+SPLIT_SEED = 0  # fixes which images are held out, the same for every --seed, so runs are judged on the same images
+# 0: never stop early. A schedule must run to its end: the low-LR tail is where most of the accuracy
+# is won, and a run stopped at epoch 12 would stop at the peak LR.
+PATIENCE = 0
+CROP_PADDING = 2  # random crop from the image padded by this many black pixels: shifts of up to 2 pixels; 0: off
+FLIP_PROBABILITY = 0.5  # horizontal flip: a mirrored shirt is still a shirt (upside down it is not); 0: off
+NORMALISED_TOLERANCE = 0.15  # allowed |mean| and |std - 1| of a normalised batch; one batch varies by ~0.03
+LABEL_SMOOTHING = 0.1  # the true class gets 1 - 0.1 + 0.01, every other class 0.01: no loss is ever exactly 0
+MIXUP_ALPHA = 0.2  # blend weight ~ Beta(0.2, 0.2): most blends are mild (>= 0.8 of one image); 0: off
+CHANNELS = 32  # the ResNet's first stage; stages 2 and 3 double it (64, 128) while halving the image
+LOSS_AT_INIT_TOLERANCE = 0.3  # |loss at init - ln(10)|: the untrained ResNet gives ~2.3-2.4
+MIN_GRADIENT_RATIO = 1e-3  # smallest / largest block gradient RMS: ~0.04 at init; vanishing is far below
+MAX_DEAD_FRACTION = 0.5  # a layer with more dead ReLU units than this has lost most of its width
+LR_FINDER_STEPS = 300  # steps of the LR range test: ~2/3 of an epoch, a few seconds on a GPU
+LR_FINDER_MIN_LR = 1e-6  # the sweep starts where nothing moves ...
+LR_FINDER_MAX_LR = 1.0  # ... and ends where every Adam-type optimizer diverges
+LR_FINDER_SMOOTHING = 0.9  # exponential moving average of the loss: one batch's loss is too noisy to read
+LR_FINDER_MIN_DROP = 0.1  # the smoothed loss must fall >= 10% below its start, or no LR is usable
+SCHEDULE_CHECK_BATCHES = 3  # batches of the run's own train_one_epoch that must advance the schedule 3 steps
+DEVICE = "auto"  # cuda, then mps, then cpu
+DATA_DIR = None  # None: look in $DATA_DIR, data/, the Debian package, then download (shared/data.py)
+OUT_DIR = VERSION_DIR / "outputs"  # plots, results.json, history.jsonl, best model
+# A loss above this (10x the 2.30 of a model that guesses: the right class gets probability
+# < e^-25) stops training as diverged, like NaN does: a far too high learning rate often
+# explodes the loss to 1e29 and beyond without ever making it NaN.
+DIVERGED_LOSS = 25.0
+
+# --quick: a few hundred samples and one epoch, so every code path runs in seconds on a CPU.
+QUICK_TRAIN_SIZE = 512
+QUICK_VAL_SIZE = 256
+QUICK_TEST_SIZE = 256
+QUICK_EPOCHS = 1
+QUICK_LR_FINDER_STEPS = 24  # the sweep's shape in seconds on a CPU; too short for a trustworthy proposal
+QUICK_LR_FINDER_BATCH = 32  # images per LR-finder step in --quick
+
+NUM_CLASSES = 10
+VERSION = f"fashionmnist/{VERSION_DIR.name}"
+MODEL_FILE = "best_model.pth"
+
+
+# ---------------------------------------------------------------------------
+# Reproducibility and device
+# ---------------------------------------------------------------------------
+def set_seed(seed: int) -> None:
+    """Seed every random number generator and make cuDNN deterministic.
+
+    Same seed, same machine: the same numbers, bit for bit. Without it you cannot
+    tell whether a change helped or the dice rolled differently.
+    """
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS matmuls
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def pick_device(requested: str) -> torch.device:
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RunError("--device cuda was requested but no CUDA GPU is available (try --device cpu)")
+    if requested == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise RunError("--device mps was requested but MPS is not available (try --device cpu)")
+    return torch.device(requested)
+
+
+class RunError(Exception):
+    """A problem the user can fix (bad flag value, unwritable folder); printed without a traceback."""
+
+
+# ---------------------------------------------------------------------------
+# Data: the whole data set lives in tensors on the device
+# ---------------------------------------------------------------------------
+class TensorLoader:
+    """A DataLoader for data that already sits in memory: one index per batch, no per-sample work.
+
+    Shuffling uses its own seeded generator, so the batch order is reproducible;
+    a check that draws a batch puts it back where it found it (rng_untouched),
+    so it does not change the order training sees.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bool = False,
+                 seed: int = 0, transform=None):
+        self.images, self.labels, self.batch_size, self.shuffle = images, labels, batch_size, shuffle
+        self.generator = torch.Generator().manual_seed(seed)
+        self.transform = transform  # called on every batch with the loader's generator (see Transform)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.labels) / self.batch_size)
+
+    def __iter__(self):
+        n = len(self.labels)
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        order = order.to(self.images.device)
+        for start in range(0, n, self.batch_size):
+            batch = order[start:start + self.batch_size]
+            images = self.images[batch]
+            if self.transform is not None:
+                images = self.transform(images, self.generator)
+            yield images, self.labels[batch]
+
+
+def to_tensor(images_uint8: torch.Tensor) -> torch.Tensor:
+    """What transforms.ToTensor() does to each image, done once for the whole set:
+    uint8 (N, 28, 28) in [0, 255] -> float32 (N, 1, 28, 28) in [0, 1]."""
+    return images_uint8.unsqueeze(1).float().div(255.0)
+
+
+def normalisation_stats(images: torch.Tensor) -> tuple[float, float]:
+    """Mean and std over every pixel of `images` (in float64, so the sum of 43 million pixels
+    does not round): the two numbers Normalize(mean, std) needs. Pass the training split only."""
+    pixels = images.cpu().double()  # on the CPU: MPS has no float64
+    return pixels.mean().item(), pixels.std().item()
+
+
+def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
+    """transforms.RandomCrop(28, padding) for a whole batch: pad every image with black, then cut
+    out 28x28 at a random offset per image, by gathering rows and columns in one indexing step."""
+    n, _, height, width = images.shape
+    padded = F.pad(images, (padding, padding, padding, padding))
+    dy = torch.randint(0, 2 * padding + 1, (n, 1, 1), generator=generator).to(images.device)
+    dx = torch.randint(0, 2 * padding + 1, (n, 1, 1), generator=generator).to(images.device)
+    rows = dy + torch.arange(height, device=images.device).view(1, height, 1)  # (n, height, 1)
+    cols = dx + torch.arange(width, device=images.device).view(1, 1, width)  # (n, 1, width)
+    batch = torch.arange(n, device=images.device).view(n, 1, 1)
+    return padded[batch, :, rows, cols].permute(0, 3, 1, 2).contiguous()  # the indexing puts channels last
+
+
+def random_flip(images: torch.Tensor, probability: float, generator: torch.Generator) -> torch.Tensor:
+    """transforms.RandomHorizontalFlip(probability) for a whole batch: each image mirrored left-right or not."""
+    flip = (torch.rand(len(images), generator=generator) < probability).to(images.device)
+    return torch.where(flip.view(-1, 1, 1, 1), images.flip(3), images)
+
+
+class Transform:
+    """What transforms.Compose([RandomCrop(28, padding), RandomHorizontalFlip(p), Normalize(mean, std)])
+    does to each image, done for a whole batch on the device. augment=False (validation, test)
+    only normalises, so every evaluation sees the same inputs."""
+
+    def __init__(self, mean: float, std: float, augment: bool, crop_padding: int = CROP_PADDING,
+                 flip_probability: float = FLIP_PROBABILITY):
+        self.mean, self.std, self.augment = mean, std, augment
+        self.crop_padding, self.flip_probability = crop_padding, flip_probability
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        if self.augment and self.crop_padding > 0:
+            images = random_crop(images, self.crop_padding, generator)
+        if self.augment and self.flip_probability > 0:
+            images = random_flip(images, self.flip_probability, generator)
+        return (images - self.mean) / self.std
+
+    def output_range(self) -> tuple[float, float]:
+        """Where pixels in [0, 1] end up after normalisation."""
+        return (0.0 - self.mean) / self.std, (1.0 - self.mean) / self.std
+
+
+def load_raw_data(data_dir):
+    """The original training and test files as uint8 tensors, read by torchvision."""
+    from torchvision.datasets import FashionMNIST
+
+    root = fashion_mnist_root(data_dir)
+    try:
+        train = FashionMNIST(str(root), train=True, download=False)
+        test = FashionMNIST(str(root), train=False, download=False)
+    except (RuntimeError, ValueError, OSError) as err:
+        raise DataNotFoundError(f"the Fashion-MNIST files in {root / 'FashionMNIST' / 'raw'} are unreadable "
+                                f"({err}); delete them and run again to unpack or download a fresh copy") from None
+    return train.data, train.targets, test.data, test.targets, list(train.classes)
+
+
+def split_indices(num_train: int, num_test: int, cfg) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Positions of the training and validation images in the training file (one fixed
+    permutation, cut once: no image can land in both) and of the test images in the test
+    file. --quick takes small subsets of each."""
+    order = torch.randperm(num_train, generator=torch.Generator().manual_seed(cfg.split_seed))
+    val_size = QUICK_VAL_SIZE if cfg.quick else cfg.val_size
+    val_idx, train_idx = order[:val_size], order[val_size:]
+    test_idx = torch.arange(num_test)
+    if cfg.quick:
+        train_idx, test_idx = train_idx[:QUICK_TRAIN_SIZE], test_idx[:QUICK_TEST_SIZE]
+    return train_idx, val_idx, test_idx
+
+
+@dataclass
+class Data:
+    train_loader: TensorLoader
+    val_loader: TensorLoader
+    test_loader: TensorLoader
+    classes: list[str]
+    train_idx: torch.Tensor  # positions in the training file, kept for the split check
+    val_idx: torch.Tensor
+    train_file: torch.Tensor  # the two files as read from disk (uint8), for the split check
+    test_file: torch.Tensor
+    mean: float  # the training split's pixel statistics, the only ones the loaders normalise with
+    std: float
+
+
+def load_data(cfg, device) -> Data:
+    """The three splits as float tensors on the device, in loaders.
+
+    Validation picks the best epoch and decides when to stop; the test set is
+    evaluated once, at the end, so its accuracy stays an honest estimate for new images.
+    The images stay in [0, 1]; each loader's Transform normalises (and, for training,
+    augments) every batch with the training split's mean and std.
+    """
+    train_file, train_file_labels, test_file, test_file_labels, classes = load_raw_data(cfg.data_dir)
+    train_idx, val_idx, test_idx = split_indices(len(train_file_labels), len(test_file_labels), cfg)
+    mean, std = normalisation_stats(to_tensor(train_file[train_idx]))  # training split only: val and test stay unseen
+    train_transform = Transform(mean, std, augment=True, crop_padding=cfg.crop_padding,
+                                flip_probability=cfg.flip_probability)
+    eval_transform = Transform(mean, std, augment=False)
+
+    def loader(images, labels, indices, **kwargs):
+        return TensorLoader(to_tensor(images[indices]).to(device), labels[indices].to(device), **kwargs)
+
+    return Data(
+        loader(train_file, train_file_labels, train_idx, batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed,
+               transform=train_transform),
+        loader(train_file, train_file_labels, val_idx, batch_size=1024, transform=eval_transform),
+        loader(test_file, test_file_labels, test_idx, batch_size=1024, transform=eval_transform),
+        classes, train_idx, val_idx, train_file, test_file, mean, std,
+    )
+
+
+# ---------------------------------------------------------------------------
+# Model
+# ---------------------------------------------------------------------------
+class BasicBlock(nn.Module):
+    """The residual block of ResNet-18/34 (He et al. 2016): two 3x3 Conv-BN, the input added back,
+    then ReLU. When the block halves the image (stride 2) or changes the channels, the shortcut
+    is a 1x1 Conv-BN that does the same to the input, so the two can be added."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.shortcut = nn.Sequential()  # the identity: the input itself
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+                                          nn.BatchNorm2d(out_channels))
+        self.relu2 = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu1(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu2(out + self.shortcut(x))  # the skip: the gradient reaches x through "+" unchanged
+
+
+class ResNet(nn.Module):
+    """A small ResNet for 28x28 inputs, 696,042 parameters at CHANNELS = 32, PyTorch's default init.
+
+    Input 1x28x28 -> stem Conv 1->32, BN, ReLU (32x28x28) -> stage 1: 2 blocks, 32 (32x28x28)
+    -> stage 2: 2 blocks, 64, the first with stride 2 (64x14x14) -> stage 3: 2 blocks, 128, stride 2
+    (128x7x7) -> global average pool (128) -> FC 10 (logits). No max-pool in the stem, unlike
+    ImageNet ResNets: a 28x28 image has no pixels to spare. The pool is a plain mean over height
+    and width: nn.AdaptiveAvgPool2d computes the same, but its CUDA backward is not deterministic.
+    """
+
+    def __init__(self, num_classes: int = NUM_CLASSES, channels: int = CHANNELS):
+        super().__init__()
+        c = channels
+        self.stem = nn.Sequential(nn.Conv2d(1, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU())
+        self.layer1 = nn.Sequential(BasicBlock(c, c), BasicBlock(c, c))
+        self.layer2 = nn.Sequential(BasicBlock(c, 2 * c, stride=2), BasicBlock(2 * c, 2 * c))
+        self.layer3 = nn.Sequential(BasicBlock(2 * c, 4 * c, stride=2), BasicBlock(4 * c, 4 * c))
+        self.fc = nn.Linear(4 * c, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.layer3(self.layer2(self.layer1(self.stem(x)))).mean(dim=(2, 3)))
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+# ---------------------------------------------------------------------------
+# Training: the loss, the optimizer and one step, each defined once. train_one_epoch
+# and every check that trains or computes a loss use exactly these.
+# ---------------------------------------------------------------------------
+class TrainingDiverged(FloatingPointError):
+    """The loss became NaN, infinite or exploded; the message holds the diagnosis."""
+
+
+def loss_fn(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy on raw logits: it applies log-softmax itself, so no softmax goes before it.
+    `labels` are class indices or, from v6 on, soft targets (rows of probabilities): then it is
+    -sum_k target_k log softmax(logits)_k, the same formula with a distribution for the one-hot."""
+    return F.cross_entropy(logits, labels)
+
+
+def make_optimizer(model: nn.Module, cfg, total_steps: int):
+    """AdamW and the schedule it follows over `total_steps` optimizer steps (batches, not epochs).
+
+    Weight decay goes to the conv and linear weights only: decaying BatchNorm's scale
+    and shift or a bias pulls them towards 0 for no gain in regularisation (they do
+    not set the function's complexity), so those sit in a group with decay 0.
+    onecycle: from --lr/25 up to --lr over the first --warmup-fraction of the steps,
+    then down to --lr/25/1e4 (PyTorch's defaults). cosine: from --lr down to 0.
+    """
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    if cfg.lr_schedule == "onecycle":
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total_steps,
+                                                        pct_start=cfg.warmup_fraction)
+    elif cfg.lr_schedule == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    else:
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    return optimizer, scheduler
+
+
+def training_step(model, images, labels, optimizer, scheduler, diverged_loss: float = DIVERGED_LOSS):
+    """One update of the weights: forward, loss, backward, optimizer step, schedule step.
+    The schedule is stepped here, after every batch, because it was planned in batches.
+
+    Returns the batch's loss (a float) and its logits. A loss that is not finite or
+    above `diverged_loss` raises TrainingDiverged before it can reach the weights,
+    so the checkpoint and history on disk stay the last good state.
+    """
+    logits = model(images)
+    loss = loss_fn(logits, labels)
+    loss_value = loss.item()
+    if not math.isfinite(loss_value) or loss_value > diverged_loss:
+        verdict = "is not finite" if not math.isfinite(loss_value) else f"is above --diverged-loss {diverged_loss:g}"
+        raise TrainingDiverged(
+            f"loss {loss_value:.3g} {verdict}; learning rate {optimizer.param_groups[0]['lr']:g}. "
+            f"Usual causes: learning rate too high, inputs not scaled to [0, 1], log of 0.")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    return loss_value, logits.detach()
+
+
+def smoothed_targets(labels: torch.Tensor, num_classes: int, smoothing: float) -> torch.Tensor:
+    """Label smoothing: the one-hot target (1 for the true class) becomes (1 - smoothing) x one-hot
+    + smoothing / num_classes, a probability distribution (it sums to 1): with 0.1 and 10 classes,
+    0.91 for the true class and 0.01 for each other one."""
+    return (1 - smoothing) * F.one_hot(labels, num_classes).float() + smoothing / num_classes
+
+
+@dataclass
+class MixedBatch:
+    images: torch.Tensor  # lam x image + (1 - lam) x its partner's image
+    targets: torch.Tensor  # the same blend of the two soft targets: (N, classes), each row sums to 1
+    lam: torch.Tensor  # (N,) blend weight of each image's own label, >= 0.5
+    partner: torch.Tensor  # (N,) index of the image each one is blended with
+
+
+def mix_batch(images: torch.Tensor, labels: torch.Tensor, smoothing: float = LABEL_SMOOTHING,
+              alpha: float = MIXUP_ALPHA, num_classes: int = NUM_CLASSES) -> MixedBatch:
+    """MixUp (Zhang et al. 2018) for a whole batch on the device: every image is blended with a
+    partner from the same batch (a random permutation), with its own weight lam ~ Beta(alpha, alpha),
+    and the smoothed targets with the same weight. lam is folded to >= 0.5, so the image's own label
+    stays the larger part and training accuracy can still be counted against it. alpha 0: no mixing.
+    Draws from PyTorch's global generator (seeded by set_seed), so runs repeat bit for bit."""
+    targets = smoothed_targets(labels, num_classes, smoothing)
+    n = len(labels)
+    if alpha <= 0:
+        return MixedBatch(images, targets, torch.ones(n, device=images.device), torch.arange(n, device=images.device))
+    lam = torch.distributions.Beta(alpha, alpha).sample((n,))
+    lam = torch.maximum(lam, 1 - lam).to(images.device)
+    partner = torch.randperm(n).to(images.device)
+    mixed_images = lam.view(-1, 1, 1, 1) * images + (1 - lam.view(-1, 1, 1, 1)) * images[partner]
+    mixed_targets = lam.view(-1, 1) * targets + (1 - lam.view(-1, 1)) * targets[partner]
+    return MixedBatch(mixed_images, mixed_targets, lam, partner)
+
+
+def train_one_epoch(model, loader, optimizer, scheduler, epoch: int, epochs: int,
+                    diverged_loss: float = DIVERGED_LOSS, label_smoothing: float = LABEL_SMOOTHING,
+                    mixup_alpha: float = MIXUP_ALPHA):
+    """One pass over the training data with `training_step`, on mixed batches with soft targets.
+    Returns (mean loss, accuracy); the accuracy counts a prediction right when it is the image's
+    own label (the larger part of its blend)."""
+    model.train()
+    total_loss, correct, seen = 0.0, 0, 0
+    progress = tqdm(loader, desc=f"epoch {epoch}/{epochs}", leave=False, dynamic_ncols=True)
+    for step, (images, labels) in enumerate(progress):
+        batch = mix_batch(images, labels, label_smoothing, mixup_alpha)
+        try:
+            loss_value, logits = training_step(model, batch.images, batch.targets, optimizer, scheduler,
+                                               diverged_loss)
+        except TrainingDiverged as err:
+            raise TrainingDiverged(f"at step {step} of epoch {epoch}: {err}") from None
+        total_loss += loss_value * len(labels)
+        correct += (logits.argmax(1) == labels).sum().item()
+        seen += len(labels)
+        # refresh=False: the bar redraws at its own pace, not on every step
+        progress.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
+    return total_loss / seen, correct / seen
+
+
+# ---------------------------------------------------------------------------
+# Command line and run records
+# ---------------------------------------------------------------------------
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows the module docstring as written, and every flag's default."""
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--quick", action="store_true", help="tiny subset and 1 epoch: every code path in seconds")
+    p.add_argument("--preflight", action="store_true", help="run only the checks; exit code 1 if one fails")
+    p.add_argument("--out", type=Path, default=OUT_DIR, help="plots, results.json, history.jsonl, best model")
+    p.add_argument("--data-dir", type=Path, default=DATA_DIR, help="folder with the Fashion-MNIST files")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default=DEVICE, help="auto: cuda, mps, cpu")
+    p.add_argument("--seed", type=int, default=SEED, help="one seed for every random number generator")
+    p.add_argument("--epochs", type=int, default=EPOCHS, help="most passes over the training split")
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="training images per step")
+    p.add_argument("--lr", type=float, default=LEARNING_RATE, help="AdamW's peak learning rate (the schedule's top)")
+    p.add_argument("--lr-schedule", choices=["onecycle", "cosine", "constant"], default=LR_SCHEDULE,
+                   help="how the learning rate moves, stepped after every batch")
+    p.add_argument("--warmup-fraction", type=float, default=WARMUP_FRACTION,
+                   help="onecycle: share of the steps spent rising to --lr")
+    p.add_argument("--weight-decay", type=float, default=WEIGHT_DECAY,
+                   help="AdamW's decoupled weight decay (conv and linear weights only)")
+    p.add_argument("--val-size", type=int, default=VAL_SIZE, help="training images held out for validation")
+    p.add_argument("--split-seed", type=int, default=SPLIT_SEED, help="which images are held out for validation")
+    p.add_argument("--patience", type=int, default=PATIENCE,
+                   help="epochs without a new best validation accuracy before stopping; 0: never stop early")
+    p.add_argument("--crop-padding", type=int, default=CROP_PADDING,
+                   help="random crop: black border added before cutting 28x28 at a random offset; 0: off")
+    p.add_argument("--flip-probability", type=float, default=FLIP_PROBABILITY,
+                   help="chance of a horizontal flip per training image; 0: off")
+    p.add_argument("--normalised-tolerance", type=float, default=NORMALISED_TOLERANCE,
+                   help="allowed |mean| and |std - 1| of a normalised training batch")
+    p.add_argument("--label-smoothing", type=float, default=LABEL_SMOOTHING,
+                   help="probability moved from the true class to all classes; 0: off")
+    p.add_argument("--mixup-alpha", type=float, default=MIXUP_ALPHA,
+                   help="MixUp's Beta(alpha, alpha) blend weights; 0: off")
+    p.add_argument("--channels", type=int, default=CHANNELS, help="channels of the ResNet's first stage")
+    p.add_argument("--loss-at-init-tolerance", type=float, default=LOSS_AT_INIT_TOLERANCE,
+                   help="allowed |loss at init - ln(10)|")
+    p.add_argument("--min-gradient-ratio", type=float, default=MIN_GRADIENT_RATIO,
+                   help="smallest allowed ratio of two blocks' gradient RMS at init")
+    p.add_argument("--max-dead-fraction", type=float, default=MAX_DEAD_FRACTION,
+                   help="largest fraction of dead ReLU units allowed in one layer")
+    p.add_argument("--lr-finder-steps", type=int, default=LR_FINDER_STEPS,
+                   help="steps of the LR range test before training; 0: skip it")
+    p.add_argument("--lr-finder-min-lr", type=float, default=LR_FINDER_MIN_LR, help="LR range test: first LR")
+    p.add_argument("--lr-finder-max-lr", type=float, default=LR_FINDER_MAX_LR, help="LR range test: last LR")
+    p.add_argument("--lr-finder-smoothing", type=float, default=LR_FINDER_SMOOTHING,
+                   help="LR range test: weight of the past in the loss's moving average")
+    p.add_argument("--lr-finder-min-drop", type=float, default=LR_FINDER_MIN_DROP,
+                   help="LR range test: least relative fall of the smoothed loss for a usable LR")
+    p.add_argument("--schedule-check-batches", type=int, default=SCHEDULE_CHECK_BATCHES,
+                   help="batches of train_one_epoch that must each advance the schedule by one step")
+    p.add_argument("--diverged-loss", type=float, default=DIVERGED_LOSS,
+                   help="a batch loss above this stops training, like NaN does (inf: only NaN stops)")
+    args = p.parse_args(argv)
+    if not args.diverged_loss > 0:
+        p.error("--diverged-loss must be > 0 (inf switches the explosion stop off; NaN always stops)")
+    if args.epochs < 1 or args.batch_size < 1 or not math.isfinite(args.lr) or args.lr <= 0:
+        p.error("--epochs and --batch-size must be >= 1, --lr a number > 0")
+    if not 1 <= args.val_size < 60000 or args.patience < 0:
+        p.error("--val-size must be between 1 and 59,999 (the training file has 60,000 images), --patience >= 0")
+    if not 0 <= args.crop_padding <= 14 or not 0 <= args.flip_probability <= 1 or not args.normalised_tolerance > 0:
+        p.error("--crop-padding must be between 0 and 14, --flip-probability between 0 and 1, "
+                "--normalised-tolerance > 0")
+    if not 0 <= args.label_smoothing < 1 or args.mixup_alpha < 0 or not 0 < args.max_dead_fraction <= 1:
+        p.error("--label-smoothing must be in [0, 1), --mixup-alpha >= 0, --max-dead-fraction in (0, 1]")
+    if args.channels < 1 or not args.loss_at_init_tolerance > 0 or not 0 < args.min_gradient_ratio <= 1:
+        p.error("--channels must be >= 1, --loss-at-init-tolerance > 0, --min-gradient-ratio in (0, 1]")
+    if not 0 < args.warmup_fraction < 1 or args.weight_decay < 0:
+        p.error("--warmup-fraction must be in (0, 1), --weight-decay >= 0")
+    if (args.lr_finder_steps < 0 or args.lr_finder_steps in (1, 2, 3) or not 0 < args.lr_finder_min_lr
+            < args.lr_finder_max_lr or not 0 <= args.lr_finder_smoothing < 1 or not 0 < args.lr_finder_min_drop < 1):
+        p.error("--lr-finder-steps must be 0 or >= 4, 0 < --lr-finder-min-lr < --lr-finder-max-lr, "
+                "--lr-finder-smoothing in [0, 1), --lr-finder-min-drop in (0, 1)")
+    if args.schedule_check_batches < 1:
+        p.error("--schedule-check-batches must be >= 1")
+    if args.quick:
+        args.epochs = min(args.epochs, QUICK_EPOCHS)
+        args.lr_finder_steps = min(args.lr_finder_steps, QUICK_LR_FINDER_STEPS)
+    return args
+
+
+def prepare_out_dir(out: Path) -> Path:
+    """Fail at the start, not after an hour of training, if results cannot be written."""
+    out = out.expanduser().resolve()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write_test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise RunError(f"cannot write to output folder {out}: {err.strerror or err}. Choose another with --out.")
+    return out
+
+
+def write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)  # atomic: an interrupted write never leaves a half file
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return device.type
+
+
+# ---------------------------------------------------------------------------
+# The phases of a run, in the order main() calls them
+# ---------------------------------------------------------------------------
+@dataclass
+class Run:
+    """What every phase needs: the config, where outputs go, the device, and the results so far."""
+    cfg: argparse.Namespace
+    out: Path
+    device: torch.device
+    results: dict
+    started: float = field(default_factory=time.perf_counter)
+
+    def save(self, **updates) -> None:
+        self.results.update(updates, wall_time_s=time.perf_counter() - self.started)
+        write_json(self.out / "results.json", self.results)
+
+
+def start_run(cfg, argv) -> Run:
+    """Output folder, device and seed, and the header of results.json; exit 2 on a bad --out or --device."""
+    try:
+        out = prepare_out_dir(cfg.out)
+        device = pick_device(cfg.device)
+    except RunError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    set_seed(cfg.seed)
+    results = {
+        "version": VERSION,
+        "status": "running",
+        "command": " ".join(["python train.py", *(sys.argv[1:] if argv is None else argv)]),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(cfg).items()},
+        "seed": cfg.seed,
+        "device": device_name(device),
+        "torch_version": torch.__version__,
+        "checks": {},
+    }
+    print("=" * 78)
+    print(f"{VERSION} | device {results['device']} | torch {torch.__version__} | seed {cfg.seed}")
+    print(f"epochs {cfg.epochs}, batch size {cfg.batch_size}, lr {cfg.lr} ({cfg.lr_schedule}, per batch), "
+          f"weight decay {cfg.weight_decay}" + (" | QUICK MODE" if cfg.quick else ""))
+    print("=" * 78)
+    return Run(cfg, out, device, results)
+
+
+def checks_before_training(run: Run, data: Data, model, optimizer, scheduler) -> dict:
+    """Look at one training batch (normalised and augmented, as the model gets it) before
+    training on it; make sure the three splits share no image, the statistics are the training
+    split's, and only training batches are augmented; measure every layer's activations and
+    the train/eval switch with the run's own evaluate, train_one_epoch and make_optimizer;
+    sweep the learning rate with the run's own training_step (LR finder), and draw the
+    schedule the run's own scheduler will follow and check that it is stepped per batch;
+    compare the run's own loss at init, on its own mixed and smoothed targets, with ln(C);
+    check and draw a mixed batch; follow the gradient through the skip connections.
+    Inside rng_untouched: drawing batches advances the loader's shuffle and augmentation,
+    Dropout draws masks, and no check may change what training sees."""
+    print("\n--- Checks before training ---")
+    started = time.perf_counter()
+    checks = {}
+    with rng_untouched(run.device, data.train_loader.generator, data.val_loader.generator):
+        images, labels = next(iter(data.train_loader))
+        checks["first_batch"] = inspect_batch(images, labels, NUM_CLASSES,
+                                              value_range=data.train_loader.transform.output_range())
+        plot_batch(images, labels, data.classes, run.out / "first_batch.png")
+        checks["normalised_batch"] = verify_normalised_batch(images, run.cfg.normalised_tolerance)
+        checks["normalisation_from_train"] = verify_normalisation_stats(
+            {"train": data.train_loader.images, "val": data.val_loader.images, "test": data.test_loader.images},
+            {"train": data.train_loader, "val": data.val_loader, "test": data.test_loader})
+        checks["train_batches_augmented"] = verify_train_augmented(
+            data.train_loader, expected=run.cfg.crop_padding > 0 or run.cfg.flip_probability > 0)
+        checks["eval_batches_deterministic"] = verify_eval_deterministic(data.val_loader)
+        checks["activations_at_init"] = activation_statistics(model, images, "activations_at_init",
+                                                              run.cfg.max_dead_fraction)
+        checks["train_eval_modes"] = verify_train_eval_modes(
+            model, images[:64], labels[:64], evaluate, run.device,
+            train_one_epoch=lambda m, batches, pair: train_one_epoch(m, batches, *pair, epoch=0, epochs=0,
+                                                                     diverged_loss=run.cfg.diverged_loss,
+                                                                     label_smoothing=run.cfg.label_smoothing,
+                                                                     mixup_alpha=run.cfg.mixup_alpha),
+            make_optimizer=functools.partial(make_optimizer, cfg=run.cfg, total_steps=10))
+        if run.cfg.lr_finder_steps:
+            batches = data.train_loader
+            if run.cfg.quick:  # smaller batches: the sweep's shape in seconds on a CPU
+                batches = [(x[:QUICK_LR_FINDER_BATCH], y[:QUICK_LR_FINDER_BATCH]) for x, y in data.train_loader]
+            checks["lr_finder"] = lr_range_test(
+                model, batches, make_optimizer=functools.partial(make_optimizer, cfg=run.cfg),
+                training_step=functools.partial(training_step, diverged_loss=run.cfg.diverged_loss),
+                steps=run.cfg.lr_finder_steps, min_lr=run.cfg.lr_finder_min_lr, max_lr=run.cfg.lr_finder_max_lr,
+                smoothing=run.cfg.lr_finder_smoothing, min_drop=run.cfg.lr_finder_min_drop, configured_lr=run.cfg.lr)
+            plot_lr_finder(checks["lr_finder"].details, run.out / "lr_finder.png")
+        checks["lr_schedule"] = verify_lr_schedule(
+            model, optimizer, scheduler, epochs=run.cfg.epochs, steps_per_epoch=len(data.train_loader),
+            make_optimizer=functools.partial(make_optimizer, cfg=run.cfg),
+            train_one_epoch=functools.partial(train_one_epoch, epoch=0, epochs=0, diverged_loss=run.cfg.diverged_loss,
+                                              label_smoothing=run.cfg.label_smoothing,
+                                              mixup_alpha=run.cfg.mixup_alpha),
+            batches=[(images[i::run.cfg.schedule_check_batches], labels[i::run.cfg.schedule_check_batches])
+                     for i in range(run.cfg.schedule_check_batches)])
+        plot_lr_schedule(checks["lr_schedule"].details, run.out / "lr_schedule.png")
+        mix = functools.partial(mix_batch, smoothing=run.cfg.label_smoothing, alpha=run.cfg.mixup_alpha)
+        checks["expected_loss_at_init"] = verify_expected_loss_at_init(
+            model, images, labels, loss_fn=loss_fn, mix_batch=mix,
+            expected=expected_loss_at_init(NUM_CLASSES, run.cfg.label_smoothing, run.cfg.mixup_alpha),
+            num_classes=NUM_CLASSES, tolerance=run.cfg.loss_at_init_tolerance)
+        mixed = mix(images, labels)
+        checks["mixed_batch"] = verify_mixed_batch(images, labels, mixed.images, mixed.targets, mixed.lam,
+                                                   mixed.partner, smoothed_targets(labels, NUM_CLASSES,
+                                                                                   run.cfg.label_smoothing))
+        plot_mixed_batch(mixed.images, mixed.targets, data.classes, run.out / "mixed_batch.png")
+        checks["gradient_flow"] = verify_gradient_flow(model, mixed.images[:64], mixed.targets[:64], loss_fn,
+                                                       run.cfg.min_gradient_ratio)
+        plot_gradient_flow(checks["gradient_flow"].details, run.out / "gradient_flow.png")
+    checks["splits_disjoint"] = verify_splits_disjoint(
+        data.train_idx, data.val_idx,
+        {"train": data.train_loader.images, "val": data.val_loader.images, "test": data.test_loader.images},
+        data.train_file, data.test_file)
+    print(f"Split: {len(data.train_loader.labels)} train, {len(data.val_loader.labels)} validation, "
+          f"{len(data.test_loader.labels)} test")
+    batch = checks["first_batch"].details
+    print(f"First batch: images {batch['shape']} {batch['dtype']} in [{batch['min']:.3f}, {batch['max']:.3f}] "
+          f"(mean {batch['mean']:.3f}), labels in [{batch['label_min']}, {batch['label_max']}] "
+          f"({batch['distinct_labels']} classes); picture: first_batch.png")
+    for check in checks.values():
+        print(check.report())
+    run.results["checks_time_s"] = time.perf_counter() - started
+    return checks
+
+
+def record_checks(run: Run, checks: dict) -> None:
+    run.results["checks"] = {name: c.to_dict() for name, c in checks.items()}
+    run.results["all_checks_passed"] = all(c.passed for c in checks.values())
+
+
+def finish_preflight(run: Run, checks: dict) -> dict:
+    """--preflight stops here: the verdicts, and exit code 1 if one check failed."""
+    print_check_summary(checks)
+    record_checks(run, checks)
+    run.save(status="preflight", exit_code=0 if run.results["all_checks_passed"] else 1)
+    return run.results
+
+
+def train(run: Run, data: Data, model, optimizer, scheduler) -> None:
+    """Train until --epochs or until validation accuracy has not improved for --patience epochs;
+    the best epoch by validation accuracy is saved. The test set is not looked at. Ctrl-C or a
+    diverged loss keep the history and the best checkpoint, and exit 130 or 1."""
+    cfg, out = run.cfg, run.out
+    print("\n--- Training ---")
+    history_path = out / "history.jsonl"
+    history_path.write_text("")
+    best_val_acc, best_epoch, epoch, stopped_early = -1.0, 0, 0, False
+    train_started = time.perf_counter()
+    try:
+        for epoch in range(1, cfg.epochs + 1):
+            epoch_started = time.perf_counter()
+            train_loss, train_acc = train_one_epoch(model, data.train_loader, optimizer, scheduler, epoch,
+                                                    cfg.epochs, cfg.diverged_loss, cfg.label_smoothing,
+                                                    cfg.mixup_alpha)
+            val_loss, val_acc = evaluate(model, data.val_loader, run.device)
+            if not val_loss <= cfg.diverged_loss:  # NaN too: the weights blew up within the epoch; not a "best"
+                raise TrainingDiverged(f"after epoch {epoch}: validation loss {val_loss:.3g} is not finite or above "
+                                       f"--diverged-loss {cfg.diverged_loss:g}. Lower --lr.")
+            record = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc,
+                      "val_loss": val_loss, "val_accuracy": val_acc,
+                      "seconds": time.perf_counter() - epoch_started}
+            with open(history_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            improved = val_acc > best_val_acc
+            if improved:
+                best_val_acc, best_epoch = val_acc, epoch
+                torch.save({"model_state": model.state_dict(), "epoch": epoch, "val_accuracy": val_acc,
+                            "normalisation": {"mean": data.mean, "std": data.std}}, out / MODEL_FILE)
+            tqdm.write(f"epoch {epoch:>3}/{cfg.epochs}  train loss {train_loss:.4f} acc {train_acc:.2%}  "
+                       f"val loss {val_loss:.4f} acc {val_acc:.2%}  {record['seconds']:.1f}s"
+                       + ("  *best*" if improved else ""))
+            if cfg.patience and epoch - best_epoch >= cfg.patience:
+                stopped_early = epoch < cfg.epochs
+                tqdm.write(f"Early stopping: no new best validation accuracy for {cfg.patience} epochs "
+                           f"(best: epoch {best_epoch}, {best_val_acc:.2%})")
+                break
+    except (KeyboardInterrupt, TrainingDiverged) as err:
+        interrupted = isinstance(err, KeyboardInterrupt)
+        run.save(status="interrupted" if interrupted else "diverged", error=None if interrupted else str(err),
+                 epochs_done=epoch - 1, best_epoch=best_epoch, best_val_accuracy=best_val_acc,
+                 exit_code=130 if interrupted else 1)
+        if epoch > 1:
+            plot_training_curves(history_path, out / "training_curves.png")
+        print(f"\n{'Interrupted' if interrupted else 'Training diverged ' + str(err)}\n"
+              f"Kept: {history_path} (epochs done: {epoch - 1}), {out / 'results.json'}"
+              + (f", {out / MODEL_FILE} (best epoch {best_epoch})" if best_epoch else ""), file=sys.stderr)
+        raise SystemExit(run.results["exit_code"]) from None
+    run.results.update(train_time_s=time.perf_counter() - train_started, epochs_done=epoch,
+                       stopped_early=stopped_early, best_epoch=best_epoch, best_val_accuracy=best_val_acc)
+    plot_training_curves(history_path, out / "training_curves.png")
+
+
+def finish(run: Run, data: Data, model, checks: dict) -> None:
+    """The best model, evaluated once on the test set, with the standard error of that number;
+    its activations on the same training batch as before training, drawn next to those at init."""
+    checkpoint = torch.load(run.out / MODEL_FILE, map_location=run.device, weights_only=True)
+    model.load_state_dict(checkpoint["model_state"])
+    test_loss, test_acc = evaluate(model, data.test_loader, run.device)
+    started = time.perf_counter()
+    with rng_untouched(run.device, data.train_loader.generator):
+        data.train_loader.generator.manual_seed(run.cfg.seed)  # the first batch of the run, as at init
+        images, _ = next(iter(data.train_loader))
+        checks["activations_after_training"] = activation_statistics(model, images, "activations_after_training",
+                                                                     run.cfg.max_dead_fraction)
+    print(checks["activations_after_training"].report())
+    plot_activation_statistics({"at init": checks["activations_at_init"].details["layers"],
+                                "after training": checks["activations_after_training"].details["layers"]},
+                               run.out / "activation_statistics.png")
+    run.results["checks_time_s"] += time.perf_counter() - started
+    record_checks(run, checks)
+    run.results.update(status="completed", exit_code=0, test_loss=test_loss, test_accuracy=test_acc,
+                       test_accuracy_std_error=standard_error(test_acc, len(data.test_loader.labels)),
+                       test_size=len(data.test_loader.labels))
+    run.results["outputs"] = sorted({p.name for p in run.out.iterdir() if p.is_file()} | {"results.json"})
+    run.save()
+
+
+def print_summary(run: Run, checks: dict) -> None:
+    results = run.results
+    print_check_summary(checks)
+    print("\n" + "=" * 78)
+    print(f"Best epoch {results['best_epoch']} of {results['epochs_done']}: validation accuracy "
+          f"{results['best_val_accuracy']:.2%}" + ("  (stopped early)" if results["stopped_early"] else ""))
+    print(f"Test accuracy {results['test_accuracy']:.2%} +- {results['test_accuracy_std_error']:.2%} (one standard "
+          f"error over {results['test_size']:,} test images), test loss {results['test_loss']:.4f}  "
+          f"(wall time {results['wall_time_s']:.0f}s)")
+    print(f"Outputs in {run.out}: {', '.join(results['outputs'])}")
+
+
+# ---------------------------------------------------------------------------
+# Main: the lesson's table of contents
+# ---------------------------------------------------------------------------
+def main(argv=None) -> dict:
+    """Run everything; return the results dict (also written to results.json).
+
+    Problems the user can fix end with a one-line message and SystemExit:
+    2 for missing data, bad flags or an unwritable folder, 1 for a diverged
+    run, 130 for Ctrl-C. What was written before stays on disk.
+    """
+    cfg = parse_args(argv)
+    run = start_run(cfg, argv)
+    try:
+        data = load_data(cfg, run.device)
+    except DataNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+    model = ResNet(channels=cfg.channels).to(run.device)
+    total_steps = cfg.epochs * len(data.train_loader)  # the schedule is planned in batches, as it is stepped
+    optimizer, scheduler = make_optimizer(model, cfg, total_steps)
+    run.results["num_parameters"] = count_parameters(model)
+    print(f"\nResNet: {run.results['num_parameters']:,} trainable parameters")
+    checks = checks_before_training(run, data, model, optimizer, scheduler)
+    if cfg.preflight:
+        plot_activation_statistics({"at init": checks["activations_at_init"].details["layers"]},
+                                   run.out / "activation_statistics.png")
+        return finish_preflight(run, checks)
+
+    train(run, data, model, optimizer, scheduler)
+    finish(run, data, model, checks)
+    print_summary(run, checks)
+    return run.results
+
+
+if __name__ == "__main__":
+    sys.exit(main()["exit_code"])
