@@ -130,7 +130,8 @@ def test_wandb_flag_without_wandb_exits_2_with_one_line(monkeypatch, tmp_path, c
     train = load_version(V8)
     assert run_main(train, ["--wandb", "--quick", "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
-    assert err == "error: --wandb needs the wandb package: pip install -r requirements-wandb.txt\n"
+    assert err == ("error: --wandb needs the wandb package: pip install wandb (or, from the repository root, "
+                   "pip install -r requirements-wandb.txt)\n")
     assert not (tmp_path / "out").exists()
 
 

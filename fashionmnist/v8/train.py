@@ -941,7 +941,8 @@ def main(argv=None) -> dict:
         try:
             import wandb  # noqa: F401
         except ImportError:
-            print("error: --wandb needs the wandb package: pip install -r requirements-wandb.txt", file=sys.stderr)
+            print("error: --wandb needs the wandb package: pip install wandb (or, from the repository root, "
+                  "pip install -r requirements-wandb.txt)", file=sys.stderr)
             raise SystemExit(2) from None
     run = start_run(cfg, argv)
     try:
