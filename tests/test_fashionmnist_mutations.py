@@ -90,7 +90,7 @@ def test_the_unedited_copy_passes(tmp_path, fmnist_data):
     assert "8/8 passed" in stdout
 
 
-@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\(\)` before `optimizer.step\(\)`")
+@pytest.mark.filterwarnings(r"ignore:Detected call of `lr_scheduler.step\(\)` before `optimizer.step\(\)`")
 @pytest.mark.parametrize("mutation", list(MUTATIONS))
 def test_preflight_fails_on_the_edit(mutation, tmp_path, fmnist_data):
     old, new, check, hint_words, all_failures = MUTATIONS[mutation]
