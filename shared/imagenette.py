@@ -324,6 +324,8 @@ def load_imagenette(data_dir=None, *, train_fraction: float = 0.4, val_fraction:
         "subset_seed": subset_seed,
         "subset_images": len(subset),
         "subset_fingerprint": fingerprint([train_paths[i] for i in subset], source.root),
+        # changes with any training image's path, size or time: what normalize.py's cached statistics are keyed on
+        "train_content_key": _cache_key([train_paths[i] for i in train_idx], size),
         "train_images": len(train_idx),
         "val_images": len(val_idx),
         "test_images": len(test_idx),

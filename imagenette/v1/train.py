@@ -131,8 +131,8 @@ class TensorLoader:
     Shuffling uses its own seeded generator, so the batch order is reproducible;
     a check that draws a batch puts it back where it found it (rng_untouched),
     so it does not change the order training sees. Each batch is turned into
-    float by `transform` on the device, batched: there is no per-image Python or
-    PIL work in the training loop.
+    float by `transform(images, generator)` on the device, batched: there is no
+    per-image Python or PIL work in the training loop.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bool = False,
@@ -150,12 +150,13 @@ class TensorLoader:
         order = order.to(self.images.device)
         for start in range(0, n, self.batch_size):
             batch = order[start:start + self.batch_size]
-            yield self.transform(self.images[batch]), self.labels[batch]
+            yield self.transform(self.images[batch], self.generator), self.labels[batch]
 
 
-def to_float(images_uint8: torch.Tensor) -> torch.Tensor:
+def to_float(images_uint8: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """What transforms.ToTensor() does to each image, done for a whole batch at once:
-    uint8 (B, 3, H, W) in [0, 255] -> float32 in [0, 1]."""
+    uint8 (B, 3, H, W) in [0, 255] -> float32 in [0, 1]. (The generator is for the random
+    augmentation that v2 adds here; v1 draws nothing.)"""
     return images_uint8.float().div(255.0)
 
 
