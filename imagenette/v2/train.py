@@ -504,8 +504,9 @@ def checks_before_training(run: Run, data: Data) -> dict:
         shown = torch.linspace(0, len(data.train_loader.labels) - 1, 8).long()  # spread over the classes
         sample = data.train_loader.images[shown.to(run.device)]
         draws = [data.train_loader.transform(sample, data.train_loader.generator) for _ in range(3)]
-        plot_augmented_batch(data.val_loader.transform(sample, None), draws, data.train_loader.labels[shown.to(run.device)],
-                             data.classes, data.normalisation, run.out / "augmented_batch.png")
+        plot_augmented_batch(data.val_loader.transform(sample, None), draws,
+                             data.train_loader.labels[shown.to(run.device)], data.classes, data.normalisation,
+                             run.out / "augmented_batch.png")
     checks["eval_deterministic_unaugmented"] = verify_eval_unaugmented(data.val_loader)
     checks["class_balance"] = class_balance(
         {"train": data.train_loader.labels, "val": data.val_loader.labels, "test": data.test_loader.labels},

@@ -1,0 +1,387 @@
+"""Debugging checks: each version adds the check its own idea needs.
+
+Every check returns a `CheckResult`: passed or not, the measured value, the
+threshold it was held to, and a one-line hint on what to do when it fails.
+train.py prints each verdict and one summary table of all of them.
+
+A check that draws random numbers or a batch from the shuffled training loader
+runs inside `rng_untouched`, so that running it or not never changes training.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import random
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+
+@dataclass
+class CheckResult:
+    name: str
+    passed: bool
+    value: float | int | None
+    threshold: float | int | None
+    criterion: str  # how value and threshold are compared, in words a learner can read
+    hint: str  # what to look at when the check fails
+    details: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def report(self) -> str:
+        mark = "PASS" if self.passed else "FAIL"
+        line = f"[{mark}] {self.name}: value={_fmt(self.value)} ({self.criterion})"
+        return line if self.passed else f"{line}\n       hint: {self.hint}"
+
+
+def _fmt(value) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def print_check_summary(checks: dict[str, CheckResult]) -> None:
+    """One table of all verdicts, so a failed check cannot scroll out of sight."""
+    print("\n" + "=" * 78)
+    print("CHECK SUMMARY")
+    print("=" * 78)
+    print(f"{'check':<36}{'verdict':<9}{'value':>12}  {'threshold':>10}  {'time':>7}")
+    for name, check in checks.items():
+        verdict = "PASS" if check.passed else "FAIL"
+        print(f"{name:<36}{verdict:<9}{_fmt(check.value):>12}  {_fmt(check.threshold):>10}  {check.seconds:6.2f}s")
+    failed = [name for name, check in checks.items() if not check.passed]
+    print(f"{len(checks) - len(failed)}/{len(checks)} passed" + (f"; FAILED: {', '.join(failed)}" if failed else ""))
+
+
+@contextlib.contextmanager
+def rng_untouched(device, *generators: torch.Generator):
+    """Checks observe, they do not perturb: every random number generator (Python, NumPy,
+    PyTorch on the CPU and on `device`, and the given generators, such as the training
+    loader's shuffle) leaves this block in the state it entered it.
+
+    Without it, a check that draws one dropout mask or one shuffled batch shifts every
+    random number training draws later: switching a check off would change the trained
+    model, and two versions with the same recipe would report different accuracies.
+    """
+    device = torch.device(device)
+    saved = [g.get_state() for g in generators]
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    if device.type == "cuda":
+        forked = torch.random.fork_rng(devices=[device.index if device.index is not None
+                                                else torch.cuda.current_device()])
+    elif device.type == "mps":
+        forked = torch.random.fork_rng(devices=[0], device_type="mps")
+    else:
+        forked = torch.random.fork_rng(devices=[])
+    try:
+        with forked:
+            yield
+    finally:
+        for generator, state in zip(generators, saved):
+            generator.set_state(state)
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+
+
+def inspect_batch(images: torch.Tensor, labels: torch.Tensor, num_classes: int,
+                  value_range: tuple[float, float] = (0.0, 1.0), image_shape: tuple = (3, 160, 160)) -> CheckResult:
+    """Look at one batch exactly as the model will get it, before training on it.
+
+    Most first bugs are visible here and nowhere else as clearly: pixels still uint8
+    in [0, 255] (the /255 forgotten), channels last (N, 160, 160, 3) instead of
+    (N, 3, 160, 160), one channel where the net wants three (a greyscale image that
+    was not converted), NaN pixels, an all-black batch (a broken decoder), labels
+    outside 0..9, or a batch of one class only (data sorted by class and not
+    shuffled). `value` is the number of problems found; the numbers are in `details`,
+    including the mean of each channel (a channel far from the others' mean hints
+    at BGR vs RGB or a channel that was zeroed).
+    """
+    start = time.perf_counter()
+    problems = []
+    if images.dtype != torch.float32:
+        problems.append(f"images are {images.dtype}, not torch.float32")
+    if tuple(images.shape[1:]) != tuple(image_shape):
+        problems.append(f"one image has shape {tuple(images.shape[1:])}, not {tuple(image_shape)} (channels first)")
+    pixels = images.detach().cpu().double()  # on the CPU: MPS has no float64
+    low, high = pixels.min().item(), pixels.max().item()
+    if not torch.isfinite(pixels).all():
+        problems.append("some pixels are NaN or infinite")
+    elif low < value_range[0] - 1e-4 or high > value_range[1] + 1e-4:
+        problems.append(f"pixel values in [{low:.3g}, {high:.3g}], outside [{value_range[0]:.3g}, {value_range[1]:.3g}]")
+    elif pixels.std().item() < 0.01 * (value_range[1] - value_range[0]):
+        problems.append(f"the batch is (nearly) constant: std {pixels.std().item():.3g}")
+    if labels.dtype != torch.int64:
+        problems.append(f"labels are {labels.dtype}, not torch.int64 (what cross-entropy expects)")
+    if len(labels) != len(images):
+        problems.append(f"{len(images)} images but {len(labels)} labels")
+    label_low, label_high = labels.min().item(), labels.max().item()
+    if label_low < 0 or label_high >= num_classes:
+        problems.append(f"labels in [{label_low}, {label_high}], outside [0, {num_classes - 1}]")
+    distinct = len(torch.unique(labels))
+    if len(labels) >= 4 * num_classes and distinct < num_classes // 2:
+        problems.append(f"the batch holds only {distinct} of {num_classes} classes: is the data sorted and not shuffled?")
+    channel_means = pixels.mean(dim=(0, 2, 3)).tolist() if pixels.dim() == 4 else []
+    return CheckResult(
+        name="first_batch",
+        passed=not problems,
+        value=len(problems),
+        threshold=0,
+        criterion=f"problems found == 0 (images float32 {tuple(image_shape)} in [{value_range[0]:.3g}, "
+                  f"{value_range[1]:.3g}], labels int64 in [0, {num_classes - 1}])",
+        hint=("Fix the loading code (to_float, load_data) until these are gone: " + "; ".join(problems)
+              if problems else "Look at first_batch.png as well: does every image match its label?"),
+        details={"shape": list(images.shape), "dtype": str(images.dtype), "min": low, "max": high,
+                 "mean": pixels.mean().item(), "std": pixels.std().item(), "channel_means": channel_means,
+                 "label_min": label_low, "label_max": label_high, "distinct_labels": distinct,
+                 "problems": problems},
+        seconds=time.perf_counter() - start,
+    )
+
+
+def class_balance(split_labels: dict[str, torch.Tensor], reference_counts: list[int], num_classes: int,
+                  checked: tuple[str, ...] = ("train", "val"), max_deviation_points: float = 2.0) -> CheckResult:
+    """Does every split we train and select on have the class mix of the data it was drawn from?
+
+    The training subset and the validation split are drawn per class (stratified),
+    so each class's share should match its share of the whole train/ folder to
+    within rounding. A subset taken as "the first 40% of the file list" holds only
+    the first four classes (the list is sorted by class); a random but unstratified
+    subset of a small data set can be off by several points. Either skews what the
+    net learns and what validation rewards. `value` is the largest deviation of a
+    class's share, in percentage points, over the checked splits; the test set
+    (the official val/ folder) is reported next to them but not held to it.
+    """
+    start = time.perf_counter()
+    reference = torch.tensor(reference_counts, dtype=torch.float64)
+    reference_share = 100 * reference / reference.sum()
+    counts, deviations, missing = {}, {}, []
+    for name, labels in split_labels.items():
+        count = torch.bincount(labels.cpu(), minlength=num_classes).double()
+        counts[name] = [int(c) for c in count.tolist()]
+        share = 100 * count / max(count.sum().item(), 1.0)
+        deviations[name] = (share - reference_share).abs().max().item()
+        if name in checked:
+            missing += [f"{name}: class {c}" for c in range(num_classes) if count[c] == 0]
+    worst = max(deviations[name] for name in checked)
+    passed = worst <= max_deviation_points and not missing
+    return CheckResult(
+        name="class_balance",
+        passed=passed,
+        value=worst,
+        threshold=max_deviation_points,
+        criterion=f"largest deviation of a class's share in {'/'.join(checked)} from train/'s <= "
+                  f"{max_deviation_points:g} points, no class missing",
+        hint=("Draw the subset and the validation split per class (shared/imagenette.py: stratified_subset)"
+              + (f"; missing: {', '.join(missing)}" if missing else "") if not passed
+              else "The splits keep the class mix; class_balance.png shows the counts."),
+        details={"counts": counts, "reference_share_percent": reference_share.tolist(),
+                 "max_deviation_points": deviations, "missing": missing},
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
+    pixels = images.detach().cpu().double()  # on the CPU: MPS has no float64
+    return pixels.mean(dim=(0, 2, 3)).tolist(), pixels.std(dim=(0, 2, 3)).tolist()
+
+
+def verify_normalised_batch(loader, tolerance: float = 0.15, count: int = 512) -> CheckResult:
+    """Training batches after normalisation have mean ~0 and std ~1 in every channel.
+
+    That is what Normalize(mean, std) is for: inputs centred on 0 with unit spread,
+    the scale the default initialisation of the first layer assumes. Measured on the
+    first `count` training images through the training transform (augmented, as the
+    model gets them; a crop changes the numbers by a few hundredths). Far off means
+    the normalisation is missing (mean ~0.45, std ~0.28 on Imagenette), applied twice,
+    done with ImageNet's numbers on other data, or with the channels swapped.
+    Draws random numbers from the loader's generator: run it inside rng_untouched.
+    """
+    start = time.perf_counter()
+    images = loader.transform(loader.images[:count], loader.generator)
+    means, stds = _channel_stats(images)
+    deviation = max(max(abs(m) for m in means), max(abs(s - 1) for s in stds))
+    return CheckResult(
+        name="normalised_batch",
+        passed=deviation <= tolerance,
+        value=deviation,
+        threshold=tolerance,
+        criterion=f"max over channels of |mean|, |std - 1| <= {tolerance} (means "
+                  f"{', '.join(f'{m:.3f}' for m in means)}; stds {', '.join(f'{v:.3f}' for v in stds)})",
+        hint="The batches the model gets are not normalised: is Transform applied in the training loader, "
+             "once, with the per-channel mean and std of the training split (normalize.py)?",
+        details={"channel_means": means, "channel_stds": stds, "images": len(images)},
+        seconds=time.perf_counter() - start,
+    )
+
+
+def verify_normalisation_stats(splits: dict[str, torch.Tensor], loaders: dict, tolerance: float = 1e-4) -> CheckResult:
+    """Every loader normalises with the per-channel mean and std of the training split, and nothing else.
+
+    Statistics computed on the validation or test images (or all of them together)
+    let those images shape the input pipeline; and all loaders must use the same
+    numbers: a model evaluated with other statistics than it was trained with sees
+    shifted inputs. `splits` holds the uint8 images of each split; `loaders` the
+    loaders whose Transform carries the numbers in use. The details name the split
+    whose statistics each loader's numbers are closest to.
+    """
+    start = time.perf_counter()
+    stats = {}
+    for name, images in splits.items():
+        sums, squares, count = torch.zeros(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64), 0
+        for first in range(0, len(images), 256):  # in pieces: a float64 copy of 3,000 images would be 2 GB
+            pixels = images[first:first + 256].detach().cpu().double() / 255.0
+            sums += pixels.sum(dim=(0, 2, 3))
+            squares += pixels.pow(2).sum(dim=(0, 2, 3))
+            count += pixels.shape[0] * pixels.shape[2] * pixels.shape[3]
+        mean = sums / count
+        stats[name] = (mean.tolist(), (squares / count - mean.pow(2)).clamp_min(0).mul(count / (count - 1)).sqrt().tolist())
+
+    def distance(a, b):
+        return max(max(abs(x - y) for x, y in zip(a[0], b[0])), max(abs(x - y) for x, y in zip(a[1], b[1])))
+
+    used, matches, deviation = {}, {}, 0.0
+    for name, loader in loaders.items():
+        numbers = (list(loader.transform.mean), list(loader.transform.std))
+        used[name] = {"mean": numbers[0], "std": numbers[1]}
+        matches[name] = min(stats, key=lambda split: distance(stats[split], numbers))
+        deviation = max(deviation, distance(stats["train"], numbers))
+    return CheckResult(
+        name="normalisation_from_train",
+        passed=deviation <= tolerance,
+        value=deviation,
+        threshold=tolerance,
+        criterion=f"max |loader's mean/std - training split's| over channels <= {tolerance:g}",
+        hint=f"The loaders' statistics are closest to these splits: {matches}. Compute mean and std once, from "
+             "the training split's images only (normalize.py), and hand the same numbers to every loader.",
+        details={"split_stats": {name: {"mean": m, "std": v} for name, (m, v) in stats.items()},
+                 "used": used, "closest_split": matches},
+        seconds=time.perf_counter() - start,
+    )
+
+
+def verify_train_augmented(loader, expected: bool = True, count: int = 64, min_changed: float = 0.9) -> CheckResult:
+    """Training batches are augmented: the same images through the training transform twice
+    come out different (another crop, a flip or not).
+
+    Two random resized crops of the same image are practically never identical, so
+    nearly every image must change. Augmentation configured off (`expected=False`)
+    must change nothing. Draws random numbers from the loader's generator: run it
+    inside rng_untouched.
+    """
+    start = time.perf_counter()
+    images = loader.images[:count]
+    first, second = loader.transform(images, loader.generator), loader.transform(images, loader.generator)
+    changed = (first != second).flatten(1).any(1).float().mean().item()
+    passed = changed >= min_changed if expected else changed == 0
+    return CheckResult(
+        name="train_batches_augmented",
+        passed=passed,
+        value=changed,
+        threshold=min_changed if expected else 0.0,
+        criterion=(f"fraction of images changed between two draws >= {min_changed}" if expected
+                   else "fraction of images changed == 0 (augmentation switched off)"),
+        hint=("The training loader does not augment: is it built with Transform(..., augment=True)?" if expected
+              else "Augmentation is switched off but training batches still change between draws."),
+        details={"images": len(images), "augmentation_expected": expected},
+        seconds=time.perf_counter() - start,
+    )
+
+
+def verify_eval_unaugmented(loader) -> CheckResult:
+    """An evaluation batch is the same every time, and it is the stored images, only normalised.
+
+    Augmentation left on at evaluation (the training transform reused for the
+    validation loader, a classic) measures the model on random crops: validation
+    accuracy is noisy and lower than the truth, two evaluations of the same model
+    disagree, and the best epoch is partly picked by chance. So is shuffling the
+    evaluation loader harmless for accuracy but fatal for anything that lines up
+    predictions with images. Compares the first batch of two passes bit for bit, and
+    with the first images of the split normalised by hand (no crop, no flip).
+    `value` is the largest absolute difference found.
+    """
+    start = time.perf_counter()
+    first, _ = next(iter(loader))
+    second, _ = next(iter(loader))
+    stored = loader.images[:len(first)].float().div(255.0)
+    mean = torch.tensor(loader.transform.mean, device=stored.device).view(1, 3, 1, 1)
+    std = torch.tensor(loader.transform.std, device=stored.device).view(1, 3, 1, 1)
+    plain = (stored - mean) / std
+    between_passes = (first - second).abs().max().item()
+    from_plain = (first - plain).abs().max().item() if first.shape == plain.shape else float("inf")
+    difference = max(between_passes, from_plain)
+    return CheckResult(
+        name="eval_deterministic_unaugmented",
+        passed=difference <= 1e-5,
+        value=difference,
+        threshold=1e-5,
+        criterion=f"max |difference| between two passes ({between_passes:.3g}) and from the plainly normalised "
+                  f"images ({from_plain:.3g}) <= 1e-05",
+        hint="Evaluation batches are augmented, shuffled or changed: the validation and test loaders must use "
+             "Transform(..., augment=False) and shuffle=False.",
+        details={"between_passes": between_passes, "from_plain": from_plain, "batch_size": len(first)},
+        seconds=time.perf_counter() - start,
+    )
+
+
+def activation_statistics(model, images: torch.Tensor, name: str = "activations",
+                          max_dead_fraction: float = 0.5) -> CheckResult:
+    """Per ReLU layer, on one batch: mean and std of its output, and its fraction of dead units.
+
+    A unit (a channel of a conv layer, a neuron of an FC layer) is dead on this batch
+    when its ReLU outputs 0 for every image and every position. A dead unit passes no
+    gradient back, so it usually stays dead: a layer where most units are dead has
+    lost most of its width. Typical causes: a learning rate that threw the weights
+    far (after training), a large negative bias or BatchNorm shift, inputs that were
+    never normalised (at init). With BatchNorm before every ReLU about half of each
+    unit's outputs are positive and hardly a unit is dead, so `max_dead_fraction`
+    (more than half of one layer) only catches the real thing. A std that shrinks or
+    grows layer by layer is the other thing to look for (vanishing/exploding
+    activations); it is reported and drawn, not judged.
+
+    Measured on a copy of the model in train mode (BatchNorm normalises with the
+    batch's own statistics, as in training); the model itself, and its BatchNorm
+    running statistics, stay as they are. Dropout draws random numbers: run it inside
+    rng_untouched.
+    """
+    start = time.perf_counter()
+    probe = copy.deepcopy(model).train()
+    outputs: dict[str, torch.Tensor] = {}
+
+    def keep(layer_name):
+        def hook(module, inputs, output):
+            outputs[layer_name if layer_name not in outputs else f"{layer_name}#{len(outputs)}"] = output.detach()
+        return hook
+
+    handles = [module.register_forward_hook(keep(layer_name)) for layer_name, module in probe.named_modules()
+               if isinstance(module, nn.ReLU)]
+    try:
+        probe(images)
+    finally:
+        for handle in handles:
+            handle.remove()
+    layers = {}
+    for layer_name, output in outputs.items():
+        per_unit = output.transpose(0, 1).reshape(output.shape[1], -1)  # (units, images x positions)
+        layers[layer_name] = {"mean": output.mean().item(), "std": output.std().item(),
+                              "fraction_zero": (output <= 0).float().mean().item(),
+                              "dead_fraction": (per_unit <= 0).all(1).float().mean().item(),
+                              "units": output.shape[1]}
+    worst = max(layers, key=lambda layer: layers[layer]["dead_fraction"]) if layers else None
+    worst_fraction = layers[worst]["dead_fraction"] if layers else 0.0
+    return CheckResult(
+        name=name,
+        passed=bool(layers) and worst_fraction <= max_dead_fraction,
+        value=worst_fraction,
+        threshold=max_dead_fraction,
+        criterion=f"largest fraction of dead ReLU units in one layer <= {max_dead_fraction} "
+                  f"(worst: {worst}, {len(layers)} ReLU layers)",
+        hint=(f"Layer {worst}: {worst_fraction:.0%} of its units never fire on this batch. Look at its input "
+              "(normalised?), the bias or BatchNorm shift before it, and the learning rate." if layers else
+              "No nn.ReLU module ran: use nn.ReLU layers (not F.relu) so that their outputs can be measured."),
+        details={"layers": layers, "batch_size": len(images)},
+        seconds=time.perf_counter() - start,
+    )
