@@ -193,15 +193,18 @@ def verify_normalised_batch(loader, tolerance: float = 0.15, count: int = 512) -
     """Training batches after normalisation have mean ~0 and std ~1 in every channel.
 
     That is what Normalize(mean, std) is for: inputs centred on 0 with unit spread,
-    the scale the default initialisation of the first layer assumes. Measured on the
-    first `count` training images through the training transform (augmented, as the
+    the scale the default initialisation of the first layer assumes. Measured on
+    `count` training images through the training transform (augmented, as the
     model gets them; a crop changes the numbers by a few hundredths). Far off means
     the normalisation is missing (mean ~0.45, std ~0.28 on Imagenette), applied twice,
     done with ImageNet's numbers on other data, or with the channels swapped.
     Draws random numbers from the loader's generator: run it inside rng_untouched.
     """
     start = time.perf_counter()
-    images = loader.transform(loader.images[:count], loader.generator)
+    # Spread over the whole split: the images are stored sorted by class, and the first 512 would be
+    # tench and English springer only, whose colours are not the split's.
+    picked = torch.linspace(0, len(loader.images) - 1, min(count, len(loader.images))).long()
+    images = loader.transform(loader.images[picked.to(loader.images.device)], loader.generator)
     means, stds = _channel_stats(images)
     deviation = max(max(abs(m) for m in means), max(abs(s - 1) for s in stds))
     return CheckResult(
