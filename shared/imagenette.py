@@ -195,13 +195,19 @@ def _cache_key(paths: list[Path], size: int) -> str:
 
 
 def decode_image(path: Path, size: int) -> torch.Tensor:
-    """One image file -> uint8 (3, size, size): RGB, shorter side resized to `size`, centre crop."""
-    from torchvision.io import ImageReadMode
-    from torchvision.io import decode_image as tv_decode
+    """One image file -> uint8 (3, size, size): RGB, shorter side resized to `size`, centre crop.
+
+    Decoded by Pillow, as torchvision's ImageFolder does (torchvision's own decoders are
+    deprecated since 0.29; on these JPEGs both give the same pixels, via libjpeg-turbo).
+    """
+    import numpy as np
+    from PIL import Image
     from torchvision.transforms.v2 import functional as TF
 
     try:
-        image = tv_decode(str(path), mode=ImageReadMode.RGB)  # greyscale and RGBA become 3-channel RGB
+        with Image.open(path) as opened:
+            rgb = opened.convert("RGB")  # greyscale, CMYK and RGBA become 3-channel RGB; reads the whole file
+        image = torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1)
     except Exception as err:  # truncated JPEG, not an image at all, unreadable file
         raise CorruptImageError(
             f"cannot decode image {path}: {str(err).splitlines()[0] if str(err) else type(err).__name__}. "
@@ -225,7 +231,11 @@ def decode_images(paths: list[Path], size: int, *, cache_dir: Path | str | None 
     cache_dir = CACHE_DIR if cache_dir == DEFAULT_CACHE else cache_dir  # None: no cache at all
     if cache_dir is not None and paths:
         key = _cache_key(paths, size)
-        cache_file = Path(cache_dir) / f"{name}-{len(paths)}-{size}px-{key}.pt"
+        # Which files (not their content): a cache of the same files with older content can go;
+        # the caches of other subsets, seeds and folders stay.
+        which = hashlib.sha256("\n".join(str(p.resolve()) for p in paths).encode()).hexdigest()[:12]
+        prefix = f"{name}-{len(paths)}-{size}px-{which}"
+        cache_file = Path(cache_dir) / f"{prefix}-{key}.pt"
         if cache_file.is_file():
             try:
                 cached = torch.load(cache_file, weights_only=True)
@@ -245,8 +255,8 @@ def decode_images(paths: list[Path], size: int, *, cache_dir: Path | str | None 
     if cache_file is not None:
         try:
             cache_file.parent.mkdir(parents=True, exist_ok=True)
-            for stale in cache_file.parent.glob(f"{name}-{len(paths)}-{size}px-*.pt"):
-                stale.unlink()  # same images, older files: that cache can never be valid again
+            for stale in cache_file.parent.glob(f"{prefix}-*.pt"):
+                stale.unlink()  # the same files with older content: that cache can never be valid again
             tmp = cache_file.with_suffix(f".{os.getpid()}.partial")  # parallel runs may write at once
             torch.save({"key": key, "images": images}, tmp)
             tmp.replace(cache_file)
@@ -337,7 +347,10 @@ def load_imagenette(data_dir=None, *, train_fraction: float = 0.4, val_fraction:
 
 
 def export_subset(data_dir, dest: Path, *, train_fraction: float = 0.4, subset_seed: int = 0) -> dict:
-    """Copy the training subset and val/ into `dest`, in the same layout."""
+    """Copy the training subset and val/ into `dest` (new or empty), in the same layout."""
+    if dest.exists() and any(dest.iterdir()):
+        # Files already there would join the subset: a run with --train-fraction 1.0 would train on them.
+        raise DataNotFoundError(f"{dest} is not empty; export into a new folder")
     source = find_imagenette(data_dir)
     train_paths, train_labels, _ = list_split(source.root, "train")
     subset = [train_paths[i] for i in stratified_subset(train_labels, train_fraction, subset_seed)]
