@@ -374,16 +374,22 @@ def activation_statistics(model, images: torch.Tensor, name: str = "activations"
         layers[layer_name] = {"mean": output.mean().item(), "std": output.std().item(),
                               "fraction_zero": (output <= 0).float().mean().item(),
                               "dead_fraction": (per_unit <= 0).all(1).float().mean().item(),
-                              "units": output.shape[1]}
-    worst = max(layers, key=lambda layer: layers[layer]["dead_fraction"]) if layers else None
-    worst_fraction = layers[worst]["dead_fraction"] if layers else 0.0
+                              "units": output.shape[1], "positions": output[0, 0].numel()}
+    # A squeeze-excitation gate's ReLU sees one pooled value per channel and image (positions 1):
+    # a unit that is 0 for all 32 images of a batch only means that part of the gate is off for
+    # them, not a lost feature channel. After training half of a late gate's units can be off
+    # (53% in blocks.10 on the H100, seed 0): reported and drawn, not judged.
+    judged = {name: layer for name, layer in layers.items() if layer["positions"] > 1}
+    worst = max(judged, key=lambda layer: judged[layer]["dead_fraction"]) if judged else None
+    worst_fraction = judged[worst]["dead_fraction"] if judged else 0.0
     return CheckResult(
         name=name,
-        passed=bool(layers) and worst_fraction <= max_dead_fraction,
+        passed=bool(judged) and worst_fraction <= max_dead_fraction,
         value=worst_fraction,
         threshold=max_dead_fraction,
         criterion=f"largest fraction of dead ReLU units in one layer <= {max_dead_fraction} "
-                  f"(worst: {worst}, {len(layers)} ReLU layers)",
+                  f"(worst: {worst}, {len(judged)} ReLU layers of feature maps judged, {len(layers) - len(judged)} "
+                  "squeeze-excitation gates only reported)",
         hint=(f"Layer {worst}: {worst_fraction:.0%} of its units never fire on this batch. Look at its input "
               "(normalised?), the bias or BatchNorm shift before it, and the learning rate." if layers else
               "No nn.ReLU module ran: use nn.ReLU layers (not F.relu) so that their outputs can be measured."),
