@@ -109,7 +109,8 @@ def inspect_batch(images: torch.Tensor, labels: torch.Tensor, num_classes: int,
     if not torch.isfinite(pixels).all():
         problems.append("some pixels are NaN or infinite")
     elif low < value_range[0] - 1e-4 or high > value_range[1] + 1e-4:
-        problems.append(f"pixel values in [{low:.3g}, {high:.3g}], outside [{value_range[0]:.3g}, {value_range[1]:.3g}]")
+        problems.append(f"pixel values in [{low:.3g}, {high:.3g}], "
+                        f"outside [{value_range[0]:.3g}, {value_range[1]:.3g}]")
     elif pixels.std().item() < 0.01 * (value_range[1] - value_range[0]):
         problems.append(f"the batch is (nearly) constant: std {pixels.std().item():.3g}")
     if labels.dtype != torch.int64:
@@ -121,7 +122,8 @@ def inspect_batch(images: torch.Tensor, labels: torch.Tensor, num_classes: int,
         problems.append(f"labels in [{label_low}, {label_high}], outside [0, {num_classes - 1}]")
     distinct = len(torch.unique(labels))
     if len(labels) >= 4 * num_classes and distinct < num_classes // 2:
-        problems.append(f"the batch holds only {distinct} of {num_classes} classes: is the data sorted and not shuffled?")
+        problems.append(f"the batch holds only {distinct} of {num_classes} classes: "
+                        "is the data sorted and not shuffled?")
     channel_means = pixels.mean(dim=(0, 2, 3)).tolist() if pixels.dim() == 4 else []
     return CheckResult(
         name="first_batch",
@@ -239,7 +241,8 @@ def verify_normalisation_stats(splits: dict[str, torch.Tensor], loaders: dict, t
             squares += pixels.pow(2).sum(dim=(0, 2, 3))
             count += pixels.shape[0] * pixels.shape[2] * pixels.shape[3]
         mean = sums / count
-        stats[name] = (mean.tolist(), (squares / count - mean.pow(2)).clamp_min(0).mul(count / (count - 1)).sqrt().tolist())
+        std = (squares / count - mean.pow(2)).clamp_min(0).mul(count / (count - 1)).sqrt()
+        stats[name] = (mean.tolist(), std.tolist())
 
     def distance(a, b):
         return max(max(abs(x - y) for x, y in zip(a[0], b[0])), max(abs(x - y) for x, y in zip(a[1], b[1])))

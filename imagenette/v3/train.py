@@ -1,7 +1,7 @@
 """Imagenette v3: a deeper CNN with BatchNorm.
 
-With augmentation the four-layer BasicCNN no longer memorises; now it is too small
-and learns slowly. v3 doubles the depth (eight conv layers in four stages) and puts
+With normalised, augmented inputs the four-layer BasicCNN is the limit: after 40
+epochs it fits only ~74% of its own training batches. v3 doubles the depth (eight conv layers in four stages) and puts
 BatchNorm after every convolution: each layer's output is renormalised per batch,
 so the deeper net trains at the same learning rate without its activations
 shrinking or growing layer by layer. New tool: the activation statistics of every
@@ -66,7 +66,7 @@ from visualization import (  # noqa: E402
 # Configuration: every constant can be overridden on the command line.
 # ---------------------------------------------------------------------------
 SEED = 42  # one seed for Python, NumPy and PyTorch: the same run twice gives the same numbers
-EPOCHS = 40  # augmentation makes every epoch new pictures: the net keeps learning longer than v1's 20
+EPOCHS = 40  # v1 was still improving at 20; augmentation makes longer training safe
 BATCH_SIZE = 64  # ~50 updates per epoch on 3,217 images; small enough for CPUs
 LEARNING_RATE = 1e-3  # Adam's default; a safe first choice before any tuning
 DEVICE = "auto"  # cuda, then mps, then cpu

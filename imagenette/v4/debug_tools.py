@@ -113,7 +113,8 @@ def inspect_batch(images: torch.Tensor, labels: torch.Tensor, num_classes: int,
     if not torch.isfinite(pixels).all():
         problems.append("some pixels are NaN or infinite")
     elif low < value_range[0] - 1e-4 or high > value_range[1] + 1e-4:
-        problems.append(f"pixel values in [{low:.3g}, {high:.3g}], outside [{value_range[0]:.3g}, {value_range[1]:.3g}]")
+        problems.append(f"pixel values in [{low:.3g}, {high:.3g}], "
+                        f"outside [{value_range[0]:.3g}, {value_range[1]:.3g}]")
     elif pixels.std().item() < 0.01 * (value_range[1] - value_range[0]):
         problems.append(f"the batch is (nearly) constant: std {pixels.std().item():.3g}")
     if labels.dtype != torch.int64:
@@ -125,7 +126,8 @@ def inspect_batch(images: torch.Tensor, labels: torch.Tensor, num_classes: int,
         problems.append(f"labels in [{label_low}, {label_high}], outside [0, {num_classes - 1}]")
     distinct = len(torch.unique(labels))
     if len(labels) >= 4 * num_classes and distinct < num_classes // 2:
-        problems.append(f"the batch holds only {distinct} of {num_classes} classes: is the data sorted and not shuffled?")
+        problems.append(f"the batch holds only {distinct} of {num_classes} classes: "
+                        "is the data sorted and not shuffled?")
     channel_means = pixels.mean(dim=(0, 2, 3)).tolist() if pixels.dim() == 4 else []
     return CheckResult(
         name="first_batch",
@@ -243,7 +245,8 @@ def verify_normalisation_stats(splits: dict[str, torch.Tensor], loaders: dict, t
             squares += pixels.pow(2).sum(dim=(0, 2, 3))
             count += pixels.shape[0] * pixels.shape[2] * pixels.shape[3]
         mean = sums / count
-        stats[name] = (mean.tolist(), (squares / count - mean.pow(2)).clamp_min(0).mul(count / (count - 1)).sqrt().tolist())
+        std = (squares / count - mean.pow(2)).clamp_min(0).mul(count / (count - 1)).sqrt()
+        stats[name] = (mean.tolist(), std.tolist())
 
     def distance(a, b):
         return max(max(abs(x - y) for x, y in zip(a[0], b[0])), max(abs(x - y) for x, y in zip(a[1], b[1])))
@@ -405,10 +408,10 @@ def verify_lr_schedule(model, optimizer, scheduler, *, epochs: int, steps_per_ep
 
     1. The plan: the run's own scheduler is stepped `epochs` x `steps_per_epoch` times (every
        batch of every epoch: counted here, not taken from the code under test), its learning
-       rate recorded before each step, and then put back exactly as it was (state_dict). This is the curve lr_schedule.png draws before training. A schedule
-       planned in epochs (total_steps = epochs) but stepped per batch ends after 40 of 2,040
-       steps: OneCycle raises an error mid-epoch, cosine sits at LR 0 (or, as
-       CosineAnnealingLR, starts over). So: the plan must last all the run's steps, and a schedule
+       rate recorded before each step, and then put back exactly as it was (state_dict). This
+       is the curve lr_schedule.png draws before training. A schedule planned in epochs
+       (total_steps = epochs) but stepped per batch ends after 40 of 2,040 steps: OneCycle
+       raises an error mid-epoch. So: the plan must last all the run's steps, and a schedule
        that changes must reach its lowest LR in the last epoch, not before.
     2. The stepping: the run's own `train_one_epoch`, with an optimizer and scheduler from the
        run's own `make_optimizer` on a copy of the model, on `batches` (a few small batches),
@@ -472,7 +475,8 @@ def verify_lr_schedule(model, optimizer, scheduler, *, epochs: int, steps_per_ep
                   f"one scheduler step per batch: {advanced} in {len(batches)})",
         hint="; ".join(problems) if problems else "The run follows the curve in lr_schedule.png.",
         details={"lrs": _thin(lrs), "lr_steps": _thin(list(range(len(lrs)))), "total_steps": total_steps,
-                 "planned_steps": len(lrs) if ended_at is None else ended_at, "steps_per_epoch": steps_per_epoch, "peak_lr": max(lrs) if lrs else None,
+                 "planned_steps": len(lrs) if ended_at is None else ended_at, "steps_per_epoch": steps_per_epoch,
+                 "peak_lr": max(lrs) if lrs else None,
                  "peak_step": max(range(len(lrs)), key=lrs.__getitem__) if lrs else None,
                  "first_lr": lrs[0] if lrs else None, "last_lr": lrs[-1] if lrs else None,
                  "lowest_step": lowest_at, "scheduler_steps_in_batches": advanced, "batches": len(batches),
