@@ -314,10 +314,11 @@ class BatchNormCNN(nn.Module):
             layers.append(nn.MaxPool2d(2))
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes))
-        # The loss_at_init check found 2.4-2.6 instead of ln 10 = 2.30 with PyTorch's default init:
-        # the pooled ReLU features are all positive (mean ~0.8), so random last-layer weights
-        # give every class its own offset and the net starts out confidently wrong. Small
-        # weights and a zero bias start every logit near 0: uniform predictions, loss ln 10.
+        # With PyTorch's default init the loss_at_init check measured 2.34-2.59 instead of
+        # ln 10 = 2.30 (seeds 0, 1, 2, 42; 2.61 and a failed check with --quick; FAZIT.md): the
+        # pooled ReLU features are all positive (mean ~0.8), so random last-layer weights give
+        # every class its own offset and the net starts out confidently wrong. Small weights
+        # and a zero bias start every logit near 0: uniform predictions, loss ln 10.
         nn.init.normal_(self.classifier[-1].weight, std=0.01)
         nn.init.zeros_(self.classifier[-1].bias)
 

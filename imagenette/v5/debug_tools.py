@@ -584,8 +584,9 @@ def verify_gradient_flow(model, images: torch.Tensor, targets: torch.Tensor, los
     learning). None of the other checks sees it, because the rest of the network learns.
     The size of each block's gradient is measured relative to its weights (||grad|| / ||w||,
     which does not depend on the block's width): the scale of the step an optimizer takes.
-    On DeeperCNN at init it falls from ~2 at the stem to ~0.02 at blocks.11, steadily: with
-    BatchNorm the gradient grows towards the input rather than vanishing (AdamW scales each
+    On DeeperCNN at init (160 px) it falls steadily from 0.57 at the stem to 0.008 at
+    blocks.11, and the classifier, whose weights start small, reads 2: with BatchNorm
+    the gradient grows towards the input rather than vanishing (AdamW scales each
     parameter's step by its own gradient history, so this does not hurt). `value` is the
     smallest block's ratio divided by the largest; ~0.004 at init (160 px), a vanishing block sits
     orders of magnitude lower. Runs on a copy in train mode (BatchNorm as in training; the
