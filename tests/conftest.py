@@ -18,7 +18,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-VERSION_MODULES = ("train", "main", "debug_tools", "metrics", "visualization", "scripts")
+VERSION_MODULES = ("train", "main", "debug_tools", "metrics", "visualization", "scripts", "normalize")
 
 
 def _forget_version_modules():
@@ -37,8 +37,12 @@ def load_version(folder: str | Path, module: str = "train"):
 
 
 def _is_version_dir(path: str) -> bool:
+    """A version folder: directly under a track (fashionmnist/v1) or one level deeper (imagenette/v6/v6a)."""
     p = Path(path).resolve() if path else None
-    return p is not None and p.parent.parent == REPO_ROOT and p.parent.name in {"fashionmnist", "imagenette", "cifar100"}
+    if p is None or REPO_ROOT not in p.parents:
+        return False
+    parts = p.relative_to(REPO_ROOT).parts
+    return len(parts) in (2, 3) and parts[0] in {"fashionmnist", "imagenette", "cifar100"}
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -336,7 +336,7 @@ def verify_eval_unaugmented(loader) -> CheckResult:
 
 
 def activation_statistics(model, images: torch.Tensor, name: str = "activations",
-                          max_dead_fraction: float = 0.5) -> CheckResult:
+                          max_dead_fraction: float = 0.5, reported_only: tuple[str, ...] = ()) -> CheckResult:
     """Per ReLU layer, on one batch: mean and std of its output, and its fraction of dead units.
 
     A unit (a channel of a conv layer, a neuron of an FC layer) is dead on this batch
@@ -378,11 +378,12 @@ def activation_statistics(model, images: torch.Tensor, name: str = "activations"
                               "fraction_zero": (output <= 0).float().mean().item(),
                               "dead_fraction": (per_unit <= 0).all(1).float().mean().item(),
                               "units": output.shape[1], "positions": output[0, 0].numel()}
-    # A squeeze-excitation gate's ReLU sees one pooled value per channel and image (positions 1):
-    # a unit that is 0 for all 32 images of a batch only means that part of the gate is off for
-    # them, not a lost feature channel. After training half of a late gate's units can be off
-    # (53% in blocks.10 on the H100, seed 0): reported and drawn, not judged.
-    judged = {name: layer for name, layer in layers.items() if layer["positions"] > 1}
+    # Layers named in `reported_only` (train.py passes squeeze-excitation gates, "se.gate") are
+    # drawn but not judged: a gate's ReLU sees one pooled value per channel and image, and a unit
+    # that is 0 for all 32 images of a batch only means that part of the gate is off for them,
+    # not a lost feature channel. After training half of a late gate's units can be off (53% in
+    # blocks.10 on the H100, seed 0).
+    judged = {name: layer for name, layer in layers.items() if not any(part in name for part in reported_only)}
     worst = max(judged, key=lambda layer: judged[layer]["dead_fraction"]) if judged else None
     worst_fraction = judged[worst]["dead_fraction"] if judged else 0.0
     return CheckResult(
@@ -391,10 +392,9 @@ def activation_statistics(model, images: torch.Tensor, name: str = "activations"
         value=worst_fraction,
         threshold=max_dead_fraction,
         criterion=f"largest fraction of dead ReLU units in one layer <= {max_dead_fraction} "
-                  f"(worst: {worst}, {len(judged)} ReLU layers of feature maps judged, {len(layers) - len(judged)} "
-                  "squeeze-excitation gates only reported)",
+                  f"(worst: {worst}, {len(judged)} ReLU layers judged, {len(layers) - len(judged)} only reported)",
         hint=(f"Layer {worst}: {worst_fraction:.0%} of its units never fire on this batch. Look at its input "
-              "(normalised?), the bias or BatchNorm shift before it, and the learning rate." if layers else
+              "(normalised?), the bias or BatchNorm shift before it, and the learning rate." if judged else
               "No nn.ReLU module ran: use nn.ReLU layers (not F.relu) so that their outputs can be measured."),
         details={"layers": layers, "batch_size": len(images)},
         seconds=time.perf_counter() - start,

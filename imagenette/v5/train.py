@@ -648,7 +648,7 @@ def checks_before_training(run: Run, data: Data, model, optimizer, scheduler) ->
                                               image_shape=(3, cfg.image_size, cfg.image_size))
         plot_batch(images, labels, data.classes, run.out / "first_batch.png")
         checks["activations_at_init"] = activation_statistics(model, images, "activations_at_init",
-                                                              cfg.max_dead_fraction)
+                                                              cfg.max_dead_fraction, reported_only=("se.gate",))
         mixed = mix_batch(images, labels, cfg.mixup_alpha)  # as the first training step gets it
         run_loss = functools.partial(loss_fn, label_smoothing=cfg.label_smoothing)
         checks["loss_at_init"] = verify_loss_at_init(
@@ -787,7 +787,8 @@ def analyse(run: Run, model, checks: dict) -> None:
     next to those at init. Dead units that appear only now point at the learning rate."""
     with rng_untouched(run.device):
         checks["activations_after_training"] = activation_statistics(
-            model, run.first_batch, "activations_after_training", run.cfg.max_dead_fraction)
+            model, run.first_batch, "activations_after_training", run.cfg.max_dead_fraction,
+            reported_only=("se.gate",))
     print(checks["activations_after_training"].report())
     plot_activation_statistics({"at init": checks["activations_at_init"].details["layers"],
                                 "after training": checks["activations_after_training"].details["layers"]},
