@@ -144,6 +144,7 @@ NUM_CLASSES = 10
 VERSION = f"imagenette/v6/{VERSION_DIR.name}"
 MODEL_FILE = "final_model.pth"
 BEST_MODEL_FILE = "best_model.pth"
+RESUME_FILE = "resume.pth"  # everything a run needs to go on after its last finished epoch (--resume)
 
 
 # ---------------------------------------------------------------------------
@@ -575,6 +576,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny subset and 1 epoch: every code path in seconds")
     p.add_argument("--preflight", action="store_true", help="run only the checks; exit code 1 if one fails")
+    p.add_argument("--resume", action="store_true",
+                   help="go on from --out's resume.pth (written after every epoch) with the same flags")
     p.add_argument("--out", type=Path, default=OUT_DIR, help="plots, results.json, history.jsonl, checkpoint")
     p.add_argument("--data-dir", type=Path, default=DATA_DIR, help="folder with train/<wnid>/ and val/<wnid>/")
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default=DEVICE, help="auto: cuda, mps, cpu")
@@ -813,6 +816,46 @@ def start_wandb(cfg, run: Run, model):
     return wandb_run
 
 
+def save_resume_state(out: Path, data: Data, model, optimizer, scheduler, epoch: int, best_epoch: int,
+                      best_val_acc: float) -> None:
+    """After every epoch: the weights, the optimizer and schedule, and every random number
+    generator, so that --resume goes on exactly where this epoch ended (a run longer than one
+    sitting, or one cut short by a time limit, gives the same numbers as one in one go)."""
+    numpy_state = np.random.get_state()
+    state = {"model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
+             "scheduler_state": scheduler.state_dict(), "epoch": epoch, "best_epoch": best_epoch,
+             "best_val_accuracy": best_val_acc, "torch_rng": torch.get_rng_state(),
+             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+             "numpy_rng": [numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)), *numpy_state[2:]],
+             "python_rng": list(random.getstate()), "loader_rng": data.train_loader.generator.get_state()}
+    tmp = out / f"{RESUME_FILE}.partial"
+    torch.save(state, tmp)
+    tmp.replace(out / RESUME_FILE)  # atomic: a run killed while saving keeps the previous epoch's state
+
+
+def resume(run: Run, data: Data, model, optimizer, scheduler, history_path: Path) -> tuple[int, int, float]:
+    """Load resume.pth into the model, optimizer, schedule and generators; cut the history to the
+    epochs it holds. Returns (epoch done, best epoch, best validation accuracy)."""
+    state = torch.load(run.out / RESUME_FILE, map_location=run.device, weights_only=True)
+    model.load_state_dict(state["model_state"])
+    optimizer.load_state_dict(state["optimizer_state"])
+    scheduler.load_state_dict(state["scheduler_state"])
+    torch.set_rng_state(state["torch_rng"])
+    if state["cuda_rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    name, keys, *rest = state["numpy_rng"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    version, internal, gauss = state["python_rng"]
+    random.setstate((version, tuple(internal), gauss))
+    data.train_loader.generator.set_state(state["loader_rng"])
+    kept = [line for line in history_path.read_text().splitlines() if json.loads(line)["epoch"] <= state["epoch"]]
+    history_path.write_text("".join(line + "\n" for line in kept))
+    run.results["resumed_after_epoch"] = state["epoch"]
+    print(f"Resuming after epoch {state['epoch']} (best so far: epoch {state['best_epoch']}, "
+          f"{state['best_val_accuracy']:.2%})")
+    return state["epoch"], state["best_epoch"], state["best_val_accuracy"]
+
+
 def epoch_zero(run: Run, data: Data, model) -> dict:
     """The history's epoch 0: the training loss and accuracy at init (check_initialization's, with
     the run's own loss) and the validation loss and accuracy at init (plain cross-entropy, as
@@ -833,15 +876,19 @@ def train(run: Run, data: Data, model, optimizer, scheduler, wandb_run=None) -> 
     cfg, out = run.cfg, run.out
     print("\n--- Training ---")
     history_path = out / "history.jsonl"
-    start = epoch_zero(run, data, model)
-    history_path.write_text(json.dumps(start) + "\n")
-    if wandb_run is not None:
-        wandb_run.log({"init/loss": start["train_loss"], "init/accuracy": start["train_accuracy"]}, step=0)
     epoch, best_epoch, best_val_acc, stopped_early = 0, 0, -1.0, False
+    if cfg.resume and (out / RESUME_FILE).is_file():
+        epoch, best_epoch, best_val_acc = resume(run, data, model, optimizer, scheduler, history_path)
+    else:
+        start = epoch_zero(run, data, model)
+        history_path.write_text(json.dumps(start) + "\n")
+        if wandb_run is not None:
+            wandb_run.log({"init/loss": start["train_loss"], "init/accuracy": start["train_accuracy"]}, step=0)
+    first_epoch = epoch + 1
     gradient_norms = GradientNorms(model)
     train_started = time.perf_counter()
     try:
-        for epoch in range(1, cfg.epochs + 1):
+        for epoch in range(first_epoch, cfg.epochs + 1):
             epoch_started = time.perf_counter()
             train_loss, train_acc = train_one_epoch(model, data.train_loader, optimizer, scheduler, epoch, cfg.epochs,
                                                     cfg.diverged_loss, cfg.label_smoothing, cfg.mixup_alpha,
@@ -875,6 +922,7 @@ def train(run: Run, data: Data, model, optimizer, scheduler, wandb_run=None) -> 
                 torch.save({"model_state": model.state_dict(), "epoch": epoch, "val_accuracy": val_acc,
                             "normalisation": {"mean": data.normalisation["mean"],
                                               "std": data.normalisation["std"]}}, out / BEST_MODEL_FILE)
+            save_resume_state(out, data, model, optimizer, scheduler, epoch, best_epoch, best_val_acc)
             tqdm.write(f"epoch {epoch:>3}/{cfg.epochs}  train loss {train_loss:.4f} acc {train_acc:.2%}  "
                        f"val loss {val_loss:.4f} acc {val_acc:.2%}{' *' if best_epoch == epoch else '  '} "
                        f"{record['seconds']:.1f}s ({record['images_per_second']:,.0f} img/s)")
