@@ -748,7 +748,7 @@ def train(run: Run, data: Data, model, optimizer, scheduler) -> None:
                        f"val loss {val_loss:.4f} acc {val_acc:.2%}{' *' if best_epoch == epoch else '  '} "
                        f"{record['seconds']:.1f}s ({record['images_per_second']:,.0f} img/s)")
             if epoch - best_epoch >= cfg.patience:
-                stopped_early = True
+                stopped_early = epoch < cfg.epochs  # patience running out in the last epoch stops nothing
                 tqdm.write(f"No new best validation accuracy for {cfg.patience} epochs: stopping after epoch "
                            f"{epoch} (best: epoch {best_epoch}, {best_val_acc:.2%})")
                 break

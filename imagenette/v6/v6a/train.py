@@ -836,7 +836,8 @@ def save_resume_state(out: Path, data: Data, model, optimizer, scheduler, epoch:
 def resume(run: Run, data: Data, model, optimizer, scheduler, history_path: Path) -> tuple[int, int, float]:
     """Load resume.pth into the model, optimizer, schedule and generators; cut the history to the
     epochs it holds. Returns (epoch done, best epoch, best validation accuracy)."""
-    state = torch.load(run.out / RESUME_FILE, map_location=run.device, weights_only=True)
+    # On the CPU: the generator states must stay CPU tensors; load_state_dict moves the rest.
+    state = torch.load(run.out / RESUME_FILE, map_location="cpu", weights_only=True)
     model.load_state_dict(state["model_state"])
     optimizer.load_state_dict(state["optimizer_state"])
     scheduler.load_state_dict(state["scheduler_state"])
@@ -927,7 +928,7 @@ def train(run: Run, data: Data, model, optimizer, scheduler, wandb_run=None) -> 
                        f"val loss {val_loss:.4f} acc {val_acc:.2%}{' *' if best_epoch == epoch else '  '} "
                        f"{record['seconds']:.1f}s ({record['images_per_second']:,.0f} img/s)")
             if epoch - best_epoch >= cfg.patience:
-                stopped_early = True
+                stopped_early = epoch < cfg.epochs  # patience running out in the last epoch stops nothing
                 tqdm.write(f"No new best validation accuracy for {cfg.patience} epochs: stopping after epoch "
                            f"{epoch} (best: epoch {best_epoch}, {best_val_acc:.2%})")
                 break
