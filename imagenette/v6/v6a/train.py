@@ -816,8 +816,11 @@ def start_wandb(cfg, run: Run, model):
     return wandb_run
 
 
+RESUME_MAY_DIFFER = {"resume", "out", "device", "wandb", "wandb_project"}  # flags that do not change the run
+
+
 def save_resume_state(out: Path, data: Data, model, optimizer, scheduler, epoch: int, best_epoch: int,
-                      best_val_acc: float) -> None:
+                      best_val_acc: float, config: dict) -> None:
     """After every epoch: the weights, the optimizer and schedule, and every random number
     generator, so that --resume goes on exactly where this epoch ended (a run longer than one
     sitting, or one cut short by a time limit, gives the same numbers as one in one go)."""
@@ -827,7 +830,8 @@ def save_resume_state(out: Path, data: Data, model, optimizer, scheduler, epoch:
              "best_val_accuracy": best_val_acc, "torch_rng": torch.get_rng_state(),
              "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
              "numpy_rng": [numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)), *numpy_state[2:]],
-             "python_rng": list(random.getstate()), "loader_rng": data.train_loader.generator.get_state()}
+             "python_rng": list(random.getstate()), "loader_rng": data.train_loader.generator.get_state(),
+             "config": {k: v for k, v in config.items() if k not in RESUME_MAY_DIFFER}}
     tmp = out / f"{RESUME_FILE}.partial"
     torch.save(state, tmp)
     tmp.replace(out / RESUME_FILE)  # atomic: a run killed while saving keeps the previous epoch's state
@@ -838,6 +842,14 @@ def resume(run: Run, data: Data, model, optimizer, scheduler, history_path: Path
     epochs it holds. Returns (epoch done, best epoch, best validation accuracy)."""
     # On the CPU: the generator states must stay CPU tensors; load_state_dict moves the rest.
     state = torch.load(run.out / RESUME_FILE, map_location="cpu", weights_only=True)
+    config = {k: v for k, v in run.results["config"].items() if k not in RESUME_MAY_DIFFER}
+    changed = {k: (state["config"].get(k), v) for k, v in config.items() if state["config"].get(k) != v}
+    if changed:  # another --epochs changes the schedule's length, another --seed the run: not a resume
+        print("error: --resume needs the flags of the interrupted run; these differ (saved -> now): "
+              + ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items())
+              + ". Start again without --resume, or use another --out.", file=sys.stderr)
+        run.save(status="resume refused", exit_code=2)
+        raise SystemExit(2)
     model.load_state_dict(state["model_state"])
     optimizer.load_state_dict(state["optimizer_state"])
     scheduler.load_state_dict(state["scheduler_state"])
@@ -923,7 +935,8 @@ def train(run: Run, data: Data, model, optimizer, scheduler, wandb_run=None) -> 
                 torch.save({"model_state": model.state_dict(), "epoch": epoch, "val_accuracy": val_acc,
                             "normalisation": {"mean": data.normalisation["mean"],
                                               "std": data.normalisation["std"]}}, out / BEST_MODEL_FILE)
-            save_resume_state(out, data, model, optimizer, scheduler, epoch, best_epoch, best_val_acc)
+            save_resume_state(out, data, model, optimizer, scheduler, epoch, best_epoch, best_val_acc,
+                              run.results["config"])
             tqdm.write(f"epoch {epoch:>3}/{cfg.epochs}  train loss {train_loss:.4f} acc {train_acc:.2%}  "
                        f"val loss {val_loss:.4f} acc {val_acc:.2%}{' *' if best_epoch == epoch else '  '} "
                        f"{record['seconds']:.1f}s ({record['images_per_second']:,.0f} img/s)")
