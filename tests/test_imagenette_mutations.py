@@ -1,0 +1,82 @@
+"""Mutation tests for imagenette/v5: the preflight sees the training code a learner edits.
+
+Each test copies imagenette/v5 into a temporary folder, applies one textual edit to its
+train.py, runs `--preflight --quick` and asserts exit code 1 with the check that exists for
+that bug among the failures and a hint that points at it; the unedited copy passes.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import shutil
+
+import pytest
+
+import shared.imagenette as imagenette
+from conftest import REPO_ROOT, load_version
+from imagenette_helpers import imagenette_folder, isolated_cache  # noqa: F401  (fixtures)
+
+V5 = "imagenette/v5"
+
+# name: (text in train.py, replacement, check that must fail, words of its hint)
+MUTATIONS = {
+    "scheduler.step() deleted from training_step": (
+        "    scheduler.step()\n    return loss_value", "    return loss_value",
+        "lr_schedule", "per epoch or not at all"),
+    "schedule planned in epochs, stepped per batch": (
+        "total_steps=cfg.epochs * len(data.train_loader)", "total_steps=cfg.epochs",
+        "lr_schedule", "planned in epochs"),
+    "normalisation statistics from the validation split": (
+        "training_set_statistics(train_images,", "training_set_statistics(data.val_images.to(device),",
+        "normalisation_from_train", "closest to these splits"),
+    "validation loader with the training transform": (
+        "256, transform=eval_transform),\n        TensorLoader(data.test_images",
+        "256, transform=train_transform),\n        TensorLoader(data.test_images",
+        "eval_deterministic_unaugmented", "augment=False"),
+    "final layer initialised large": (
+        "nn.init.normal_(self.classifier[-1].weight, std=0.01)", "nn.init.normal_(self.classifier[-1].weight, std=1.0)",
+        "loss_at_init", "init of the last layer"),
+    "a detach cuts the graph in forward()": (
+        "return self.classifier(self.blocks(self.stem(x)))", "return self.classifier(self.blocks(self.stem(x)).detach())",
+        "gradient_flow", "detaches the graph"),
+}
+
+
+def copy_with_edit(tmp_path, old: str | None = None, new: str | None = None):
+    folder = tmp_path / "imagenette" / "v5"
+    shutil.copytree(REPO_ROOT / V5, folder, ignore=shutil.ignore_patterns("outputs", "__pycache__"))
+    (tmp_path / "shared").symlink_to(REPO_ROOT / "shared")
+    if old is not None:
+        source = (folder / "train.py").read_text()
+        assert source.count(old) == 1, f"the edit does not apply: {old!r} occurs {source.count(old)} times"
+        (folder / "train.py").write_text(source.replace(old, new))
+    return folder
+
+
+def preflight(folder, data_dir, monkeypatch, cache):
+    # A cache of its own: normalize.py's cached statistics are keyed by the training split's
+    # content, so a cache written by the unedited copy would hide the statistics edit.
+    monkeypatch.setattr(imagenette, "CACHE_DIR", cache)
+    train = load_version(folder)
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(io.StringIO()):
+        results = train.main(["--preflight", "--quick", "--device", "cpu", "--data-dir", str(data_dir),
+                              "--out", str(folder / "outputs")])
+    return results, stdout.getvalue()
+
+
+def test_the_unedited_copy_passes(tmp_path, imagenette_folder, monkeypatch):
+    results, stdout = preflight(copy_with_edit(tmp_path), imagenette_folder, monkeypatch, tmp_path / "cache")
+    assert results["exit_code"] == 0 and results["all_checks_passed"], stdout[-3000:]
+
+
+@pytest.mark.filterwarnings(r"ignore:Detected call of `lr_scheduler.step\(\)` before `optimizer.step\(\)`")
+@pytest.mark.parametrize("mutation", list(MUTATIONS))
+def test_preflight_fails_on_the_edit(mutation, tmp_path, imagenette_folder, monkeypatch):
+    old, new, check, hint_words = MUTATIONS[mutation]
+    results, stdout = preflight(copy_with_edit(tmp_path, old, new), imagenette_folder, monkeypatch,
+                                tmp_path / "cache")
+    failed = {name: c for name, c in results["checks"].items() if not c["passed"]}
+    assert results["exit_code"] == 1 and results["status"] == "preflight", stdout[-3000:]
+    assert check in failed, f"{mutation}: {check} passed; failed were {sorted(failed)}"
+    assert hint_words in failed[check]["hint"], failed[check]["hint"]
