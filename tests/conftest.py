@@ -18,7 +18,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-VERSION_MODULES = ("train", "main", "debug_tools", "metrics", "visualization", "scripts", "normalize")
+VERSION_MODULES = ("train", "main", "debug_tools", "metrics", "visualization", "scripts", "normalize", "models")
 
 
 def _forget_version_modules():
