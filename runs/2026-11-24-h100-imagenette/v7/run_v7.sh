@@ -6,7 +6,7 @@
 # and goes on from its last finished epoch at the next call (--resume); completed runs are
 # skipped. results.json records resumed_after_epoch.
 set -u
-out=$1; limit=$2; jobs=$3
+out=$(realpath -m "$1"); limit=$2; jobs=$3
 data="--data-dir $(pwd)/.gpu/imagenette --train-fraction 1.0"
 while read -r name version flags; do
   case "$name" in ""|\#*) continue;; esac
