@@ -772,7 +772,8 @@ def start_wandb(cfg, run: Run, model):
     return wandb_run
 
 
-RESUME_MAY_DIFFER = {"resume", "out", "device", "wandb", "wandb_project", "channels_last"}  # flags that do not change the run
+# Flags that do not change the run (channels_last: the same numbers in another memory layout).
+RESUME_MAY_DIFFER = {"resume", "out", "device", "wandb", "wandb_project", "channels_last"}
 
 
 def save_resume_state(out: Path, data: Data, model, optimizer, scheduler, epoch: int, best_epoch: int,

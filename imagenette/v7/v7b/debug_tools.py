@@ -626,7 +626,7 @@ def verify_gradient_flow(model, images: torch.Tensor, targets: torch.Tensor, los
                   f"do not) and weakest / median block ||grad||/||w|| >= {min_ratio:g} (weakest: {weakest})",
         hint=(f"No (finite) gradient for: {', '.join(without[:8])}{' ...' if len(without) > 8 else ''}. Check that "
               "forward() uses every block's output and that nothing detaches the graph." if without else
-              f"Block {weakest} gets {ratio:.2g}x the relative gradient of the strongest: the gradient vanishes "
+              f"Block {weakest} gets {ratio:.2g}x the relative gradient of the median block: the gradient vanishes "
               "on its way back. Look at what lies between it and the loss."),
         details={"block_relative_gradient": relative, "without_gradient": without, "weakest_block": weakest},
         seconds=time.perf_counter() - start,
