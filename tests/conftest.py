@@ -61,6 +61,16 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _cifar100_cache_in_a_temp_folder(tmp_path_factory):
+    """cifar100's scripts/data.py caches decoded image folders; the tests' generated folders go to a
+    temporary cache, never to the repository's data/ (data.py reads the variable when imported)."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("CIFAR100_CACHE_DIR", str(tmp_path_factory.mktemp("cifar100-cache")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture(autouse=True)
 def _isolate_versions():
     """Each test starts and ends without any version module imported."""

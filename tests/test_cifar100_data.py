@@ -5,6 +5,7 @@ that every cifar100 test trains on (the real images are not available in CI).
 """
 from __future__ import annotations
 
+import os
 import pickle
 from pathlib import Path
 
@@ -134,3 +135,46 @@ def test_corrupt_image_is_reported_by_name(no_cache, tmp_path):
     data_module = load_version("cifar100/v1-baseline", "scripts.data")
     with pytest.raises(DataNotFoundError, match="0001.png"):
         data_module.load_cifar100(root)
+
+
+# ---------------------------------------------------------------------------
+# Decoding once: the cache of decoded image folders
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("version", ["v1-baseline", "v2-diagnostics", "v3-ddp"])
+def test_image_folder_is_decoded_once_then_read_from_the_cache(version, tmp_path, monkeypatch):
+    """Second load, third load, another process: no image is decoded again. A changed file is."""
+    folder = make_image_folder(tmp_path / "images", train_per_class=3, test_per_class=2)
+    data = load_version(f"cifar100/{version}", "scripts.data")
+    monkeypatch.setattr(data, "CACHE_DIR", tmp_path / "cache")
+    first = data.load_cifar100(folder)
+    cached = sorted(p.name for p in (tmp_path / "cache").glob("*.pt"))
+    assert len(cached) == 2 and cached[0].startswith("test-") and cached[1].startswith("train-")
+
+    def no_decoding(path):
+        raise AssertionError(f"decoded {path} again")
+
+    monkeypatch.setattr(data, "_read_image", no_decoding)
+    again = data.load_cifar100(folder)
+    assert torch.equal(again.train_images, first.train_images) and torch.equal(again.test_labels, first.test_labels)
+
+    # A changed image: its split is decoded again, and the stale cache file goes.
+    monkeypatch.undo()
+    monkeypatch.setattr(data, "CACHE_DIR", tmp_path / "cache")
+    changed = folder / "train" / sorted(CLASS_COLOURS)[0] / "0000.png"  # label 0, the first image
+    Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(changed)
+    os.utime(changed, ns=(changed.stat().st_atime_ns, changed.stat().st_mtime_ns + 10**9))
+    updated = data.load_cifar100(folder)
+    assert updated.train_images[0].sum() == 0 and not torch.equal(updated.train_images, first.train_images)
+    assert len(list((tmp_path / "cache").glob("train-*.pt"))) == 1
+
+
+def test_a_broken_cache_file_is_rebuilt(tmp_path, monkeypatch):
+    folder = make_image_folder(tmp_path / "images", train_per_class=2, test_per_class=1)
+    data = load_version("cifar100/v2-diagnostics", "scripts.data")
+    monkeypatch.setattr(data, "CACHE_DIR", tmp_path / "cache")
+    first = data.load_cifar100(folder)
+    for cache_file in (tmp_path / "cache").glob("*.pt"):
+        cache_file.write_bytes(b"not a torch file")
+    again = data.load_cifar100(folder)
+    assert torch.equal(again.train_images, first.train_images)
+    assert all(torch.load(f, weights_only=True)["images"].dtype == torch.uint8 for f in (tmp_path / "cache").glob("*.pt"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -229,3 +230,86 @@ def test_main_is_importable_without_side_effects(tmp_path):
     code = f"import sys; sys.path.insert(0, {str(REPO_ROOT / V2)!r}); import main; print(main.VERSION)"
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "v2-diagnostics"  # main() would print "loading ..."
+
+
+# ---------------------------------------------------------------------------
+# weight_update_norm split into the gradient's and the decay's share
+# ---------------------------------------------------------------------------
+def _epochs_of_sgd(version: str, zero_gradients: bool, weight_decay: float, epochs: int = 2, steps: int = 6):
+    """train_one_epoch with SGD (lr 0.1, momentum 0.9, Nesterov) as define_loss_and_optimizer builds it.
+    zero_gradients: the loss is 0 x logits, so every gradient is exactly 0 and only decay moves the weights."""
+    train_utils = load_version(f"cifar100/{version}", "scripts.train_utils")
+    torch.manual_seed(0)
+    model = train_utils.ResNet18(num_classes=5, width=8)
+    batches = [(torch.randn(8, 3, 32, 32), torch.arange(8) % 5) for _ in range(steps)]
+    cross_entropy = nn.CrossEntropyLoss()
+    criterion = (lambda logits, labels: 0.0 * logits.sum()) if zero_gradients else cross_entropy
+    _, optimizer, _ = train_utils.define_loss_and_optimizer(model, 0.1, 0.9, weight_decay, 0.0, 3, "cosine", epochs,
+                                                            steps)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    return [train_utils.train_one_epoch(model, batches, criterion, optimizer, scaler, torch.device("cpu"),
+                                        use_autocast=False, grad_clip=1e9) for _ in range(epochs)]
+
+
+def test_zero_gradients_move_the_weights_by_decay_alone():
+    """The bug the split exists to expose: with no gradient at all, decay still moves the weights, and
+    weight_update_norm alone reads like learning. The gradient's share must be 0, the decay's all of it."""
+    for stats in _epochs_of_sgd("v2-diagnostics", zero_gradients=True, weight_decay=5e-4):
+        assert stats["weight_update_norm"] > 1e-3
+        assert stats["grad_update_norm"] < 1e-3 * stats["weight_update_norm"]  # float32 round-off only
+        assert stats["decay_update_norm"] == pytest.approx(stats["weight_update_norm"], rel=1e-4)
+
+
+def test_without_decay_the_whole_update_is_the_gradients():
+    for stats in _epochs_of_sgd("v2-diagnostics", zero_gradients=False, weight_decay=0.0):
+        assert stats["decay_update_norm"] == 0.0
+        assert stats["grad_update_norm"] == pytest.approx(stats["weight_update_norm"], rel=1e-4)
+
+
+def test_gradient_and_decay_shares_add_up_when_both_act():
+    """Both parts present: each smaller than the total's square sum allows, and decay's share
+    matches the zero-gradient run's in size (decay depends on the weights, not on the gradient)."""
+    both = _epochs_of_sgd("v2-diagnostics", zero_gradients=False, weight_decay=5e-4)
+    decay_only = _epochs_of_sgd("v2-diagnostics", zero_gradients=True, weight_decay=5e-4)
+    for stats, alone in zip(both, decay_only):
+        assert stats["grad_update_norm"] > 10 * stats["decay_update_norm"] > 0
+        assert stats["decay_update_norm"] == pytest.approx(alone["decay_update_norm"], rel=0.05)
+        assert stats["weight_update_norm"] <= stats["grad_update_norm"] + stats["decay_update_norm"] + 1e-9
+
+
+def test_loss_scale_is_recorded_only_with_a_grad_scaler():
+    stats = _epochs_of_sgd("v2-diagnostics", zero_gradients=False, weight_decay=5e-4, epochs=1, steps=1)[0]
+    assert stats["loss_scale"] is None
+    train_utils = load_version(V2, "scripts.train_utils")  # GradScaler on: the record carries its scale
+    torch.manual_seed(0)
+    model = train_utils.ResNet18(num_classes=5, width=8)
+    scaler = torch.amp.GradScaler("cpu", enabled=True)
+    stats = train_utils.train_one_epoch(model, [(torch.randn(8, 3, 32, 32), torch.arange(8) % 5)], nn.CrossEntropyLoss(),
+                                        torch.optim.SGD(model.parameters(), lr=0.1), scaler, torch.device("cpu"),
+                                        use_autocast=False, grad_clip=1.0)
+    assert stats["loss_scale"] == scaler.get_scale() == 65536.0
+
+
+# ---------------------------------------------------------------------------
+# Runs that end: worker processes must not outlive the run
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("version", ["v1-baseline", "v2-diagnostics"])
+def test_loaders_do_not_keep_their_workers(version):
+    """Persistent workers with pinned memory kept v1's finished GPU run from exiting (pytorch#81794):
+    the loaders must let their workers end with each pass."""
+    main = load_version(f"cifar100/{version}", "main")
+    args = main.parse_args([*QUICK, "--num_workers", "2"])
+    dataset = torch.utils.data.TensorDataset(torch.zeros(64, 3, 32, 32), torch.zeros(64, dtype=torch.long))
+    loaders = main.make_loaders(dataset, dataset, dataset, args, torch.device("cpu"))
+    assert all(loader.num_workers == 2 and not loader.persistent_workers for loader in loaders)
+
+
+def test_a_run_with_worker_processes_exits_in_time(images, tmp_path):
+    """The whole program, as a user starts it, with two worker processes per loader: it must finish,
+    exit 0 and write its results well within the time limit (a hang fails with TimeoutExpired)."""
+    script = REPO_ROOT / V2 / "main.py"
+    done = subprocess.run([sys.executable, str(script), *QUICK, "--num_workers", "2", "--data-dir", str(images),
+                           "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=240,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["status"] == "completed"

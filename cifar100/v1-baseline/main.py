@@ -121,7 +121,10 @@ def prepare_out(out: Path) -> Path:
 
 
 def make_loaders(train_ds, val_ds, test_ds, args, device):
-    common = dict(num_workers=args.num_workers, pin_memory=device.type == "cuda", persistent_workers=args.num_workers > 0)
+    # Workers end with every pass over a loader (persistent_workers=False): persistent workers with
+    # pinned memory kept a finished GPU run from exiting (pytorch/pytorch#81794). Restarting them
+    # costs a fraction of a second per epoch; the images are decoded tensors already.
+    common = dict(num_workers=args.num_workers, pin_memory=device.type == "cuda", persistent_workers=False)
     # drop_last: a last batch of one image would break BatchNorm, and equal
     # batches make the per-step gradient norms comparable.
     train_loader = DataLoader(train_ds, batch_size=args.batch_size, shuffle=True, drop_last=True,

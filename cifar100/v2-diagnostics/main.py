@@ -51,7 +51,7 @@ NUM_WORKERS = None  # None: one per CPU core (up to 12), 0 with --quick
 OUT = Path(__file__).resolve().parent / "results"
 # The diagnostics files of seed 004 and their keys (DIAGNOSTICS.md explains each).
 TRAIN_DIAGNOSTICS = ("epoch", "loss", "accuracy", "learning_rate", "mean_grad_norm", "min_grad_norm", "max_grad_norm",
-                     "weight_update_norm", "num_batches")
+                     "weight_update_norm", "grad_update_norm", "decay_update_norm", "loss_scale", "num_batches")
 VAL_DIAGNOSTICS = ("epoch", "loss", "accuracy", "learning_rate", "num_batches")
 QUICK_TRAIN, QUICK_TEST, QUICK_EPOCHS, QUICK_BATCH = 320, 100, 2, 32  # --quick: seconds on a CPU
 
@@ -129,7 +129,10 @@ def prepare_out(out: Path) -> Path:
 
 
 def make_loaders(train_ds, val_ds, test_ds, args, device):
-    common = dict(num_workers=args.num_workers, pin_memory=device.type == "cuda", persistent_workers=args.num_workers > 0)
+    # Workers end with every pass over a loader (persistent_workers=False): persistent workers with
+    # pinned memory kept a finished GPU run from exiting (pytorch/pytorch#81794). Restarting them
+    # costs a fraction of a second per epoch; the images are decoded tensors already.
+    common = dict(num_workers=args.num_workers, pin_memory=device.type == "cuda", persistent_workers=False)
     # drop_last: a last batch of one image would break BatchNorm, and equal
     # batches make the per-step gradient norms comparable.
     train_loader = DataLoader(train_ds, batch_size=args.batch_size, shuffle=True, drop_last=True,
@@ -194,7 +197,9 @@ def main(argv=None) -> dict:
                                     batch_scheduler=scheduler if args.scheduler == "onecycle" else None)
             val = evaluate(model, val_loader, criterion, device, use_autocast, desc="val")
             record = {"epoch": epoch, **{k: train[k] for k in ("loss", "accuracy", "learning_rate", "mean_grad_norm",
-                                                               "min_grad_norm", "max_grad_norm", "weight_update_norm", "num_batches")},
+                                                               "min_grad_norm", "max_grad_norm", "weight_update_norm",
+                                                               "grad_update_norm", "decay_update_norm", "loss_scale",
+                                                               "num_batches")},
                       "val_loss": val["loss"], "val_accuracy": val["accuracy"],
                       "epoch_time_s": train["seconds"], "images_per_second": train["images"] / train["seconds"]}
             history.append(record)

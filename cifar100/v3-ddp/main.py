@@ -61,7 +61,7 @@ SYNC_BN = False  # SyncBatchNorm: batch statistics over the global batch instead
 OUT = Path(__file__).resolve().parent / "results"
 # The diagnostics files of seed 004 and their keys (../v2-diagnostics/DIAGNOSTICS.md explains each).
 TRAIN_DIAGNOSTICS = ("epoch", "loss", "accuracy", "learning_rate", "mean_grad_norm", "min_grad_norm", "max_grad_norm",
-                     "weight_update_norm", "num_batches")
+                     "weight_update_norm", "grad_update_norm", "decay_update_norm", "loss_scale", "num_batches")
 VAL_DIAGNOSTICS = ("epoch", "loss", "accuracy", "learning_rate", "num_batches")
 QUICK_TRAIN, QUICK_TEST, QUICK_EPOCHS, QUICK_BATCH = 320, 100, 2, 32  # --quick: seconds on a CPU
 
@@ -186,7 +186,10 @@ def prepare_out(out: Path) -> Path:
 
 
 def make_loaders(train_ds, val_ds, test_ds, args, device, rank: int, world_size: int):
-    common = dict(num_workers=args.num_workers, pin_memory=device.type == "cuda", persistent_workers=args.num_workers > 0)
+    # Workers end with every pass over a loader (persistent_workers=False): persistent workers with
+    # pinned memory kept a finished GPU run from exiting (pytorch/pytorch#81794). Restarting them
+    # costs a fraction of a second per epoch; the images are decoded tensors already.
+    common = dict(num_workers=args.num_workers, pin_memory=device.type == "cuda", persistent_workers=False)
     batch_size = args.batch_size // world_size
     # drop_last: a last batch of one image would break BatchNorm, and equal
     # batches make the per-step gradient norms comparable.
@@ -232,7 +235,11 @@ def main(argv=None) -> dict:
 
     if is_main:
         print(f"[{VERSION}] loading CIFAR-100 ...", flush=True)
+    if world_size > 1 and not is_main:
+        dist.barrier()  # rank 0 decodes an image folder once and caches it (scripts/data.py); the others read that
     data = load_cifar100(args.data_dir)
+    if world_size > 1 and is_main:
+        dist.barrier()
     if args.quick:
         data = subset(data, QUICK_TRAIN, QUICK_TEST, seed=args.seed)
     train_ds, val_ds, test_ds = build_datasets(data, args.val_fraction, args.randaugment_magnitude)
@@ -283,7 +290,9 @@ def main(argv=None) -> dict:
             sync_buffers(net)
             val = evaluate(net, val_loader, criterion, device, use_autocast, desc="val")
             record = {"epoch": epoch, **{k: train[k] for k in ("loss", "accuracy", "learning_rate", "mean_grad_norm",
-                                                               "min_grad_norm", "max_grad_norm", "weight_update_norm", "num_batches")},
+                                                               "min_grad_norm", "max_grad_norm", "weight_update_norm",
+                                                               "grad_update_norm", "decay_update_norm", "loss_scale",
+                                                               "num_batches")},
                       "val_loss": val["loss"], "val_accuracy": val["accuracy"],
                       "epoch_time_s": train["seconds"], "images_per_second": train["images"] / train["seconds"]}
             history.append(record)

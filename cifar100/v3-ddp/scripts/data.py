@@ -4,9 +4,15 @@
 PNG per sample in the hot loop. Augmentations (torchvision.transforms.v2)
 work on the uint8 tensors directly, one sample at a time, in the DataLoader
 workers.
+
+An image folder is decoded once: the tensors go to data/cifar100-cache/ (git-ignored),
+keyed by every file's path, size and modification time, and every later run, every
+DDP process and scripts/check_transforms.py read them from there in about a second
+instead of decoding 60,000 PNGs again.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import sys
@@ -24,10 +30,12 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))  # shared/ is the one place outside this folder we import from
 
 from shared.cifar100 import IMAGE_FOLDER, find_cifar100  # noqa: E402
-from shared.data import DataNotFoundError  # noqa: E402
+from shared.data import DATA_CACHE, DataNotFoundError  # noqa: E402
 
 IMAGE_SIZE = 32
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
+# Where decoded image folders are cached; $CIFAR100_CACHE_DIR moves it (a scratch disk, the tests' temp folder).
+CACHE_DIR = Path(os.environ.get("CIFAR100_CACHE_DIR") or DATA_CACHE / "cifar100-cache")  # None: no cache
 
 
 @dataclass
@@ -76,10 +84,49 @@ def _read_split(folder: Path, classes: list[str]) -> tuple[torch.Tensor, torch.T
         labels += [label] * len(files)
     if not paths:
         raise DataNotFoundError(f"No images found under {folder}/<class>/.")
+    labels = torch.tensor(labels, dtype=torch.int64)
+    cache_file = _cache_file(folder, paths)
+    if cache_file is not None and cache_file.is_file():
+        try:
+            cached = torch.load(cache_file, weights_only=True)
+            if cached["images"].shape == (len(paths), 3, IMAGE_SIZE, IMAGE_SIZE) and torch.equal(cached["labels"], labels):
+                return cached["images"], labels
+        except Exception:  # a broken or truncated cache file is decoded again and rewritten
+            pass
     with ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as pool:
         arrays = list(pool.map(_read_image, paths, chunksize=256))
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-    return images, torch.tensor(labels, dtype=torch.int64)
+    if cache_file is not None:
+        _write_cache(cache_file, images, labels)
+    return images, labels
+
+
+def _cache_file(folder: Path, paths: list[Path]) -> Path | None:
+    """Where the decoded split is cached: the name holds a hash of the folder and of every file's
+    path, size and modification time, so a changed, added or removed image means another file."""
+    if CACHE_DIR is None:
+        return None
+    where = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:8]
+    digest = hashlib.sha256()
+    for path in paths:
+        stat = path.stat()
+        digest.update(f"{path.relative_to(folder)}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    return Path(CACHE_DIR) / f"{folder.name}-{where}-{digest.hexdigest()[:16]}.pt"
+
+
+def _write_cache(cache_file: Path, images: torch.Tensor, labels: torch.Tensor) -> None:
+    """Atomically (several DDP processes may write at once); a cache that cannot be written costs
+    only the decoding time of the next run, never this one."""
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        for stale in cache_file.parent.glob(cache_file.name.rsplit("-", 1)[0] + "-*.pt"):
+            stale.unlink(missing_ok=True)  # the same folder with older files: that cache can never be valid again
+        tmp = cache_file.with_suffix(f".{os.getpid()}.partial")
+        torch.save({"images": images, "labels": labels}, tmp)
+        tmp.replace(cache_file)
+    except OSError as err:
+        print(f"note: could not write the decoded-image cache {cache_file} ({err.strerror or err}); the next run "
+              "decodes again", file=sys.stderr)
 
 
 def _read_pickle(path: Path) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,6 +15,7 @@ process reports (and rank 0 writes) the numbers of the whole epoch.
 from __future__ import annotations
 
 import time
+import weakref
 
 import torch
 import torch.distributed as dist
@@ -133,6 +134,7 @@ def train_one_epoch(model, loader, criterion, optimizer, scaler, device, use_aut
     """
     model.train()
     start_params = [p.detach().clone() for p in model.parameters()]
+    split = _decay_split_for(optimizer)
     learning_rate = optimizer.param_groups[0]["lr"]
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)
@@ -151,8 +153,13 @@ def train_one_epoch(model, loader, criterion, optimizer, scaler, device, use_aut
         # divide again. The norm returned is measured before clipping.
         scaler.unscale_(optimizer)
         grad_norms.append(nn.utils.clip_grad_norm_(model.parameters(), max_norm=grad_clip))
+        decay = split.decay_before_step(optimizer)
+        scale_before = scaler.get_scale()
         scaler.step(optimizer)
         scaler.update()
+        # GradScaler skips a step whose gradients overflowed and then lowers its scale: no update, no decay.
+        if not (scaler.is_enabled() and scaler.get_scale() < scale_before):
+            split.after_step(optimizer, decay)
         if batch_scheduler is not None:
             batch_scheduler.step()
         loss_sum += loss.detach().float() * len(labels)
@@ -165,6 +172,10 @@ def train_one_epoch(model, loader, criterion, optimizer, scaler, device, use_aut
     return {**_epoch_summary(loss_sum, correct, seen, len(grad_norms)),
             **_grad_norm_stats(grad_norms),
             "weight_update_norm": _relative_change(start_params, [p.detach() for p in model.parameters()]),
+            **split.epoch_summary(model, start_params),
+            # float16's loss scale after the epoch (None without GradScaler): it halves on every overflow, so a
+            # scale that fell from 65536 to a few hundred means the gradients overflowed again and again.
+            "loss_scale": scaler.get_scale() if scaler.is_enabled() else None,
             "learning_rate": learning_rate, "seconds": seconds}
 
 
@@ -183,6 +194,68 @@ def _sum_over_ranks(loss_sum, correct, seen: int):
     totals = torch.stack([loss_sum.double(), correct.double(), torch.tensor(float(seen), device=loss_sum.device, dtype=torch.float64)])
     dist.all_reduce(totals)
     return totals[0], totals[1].long(), int(totals[2].item())
+
+
+class DecaySplit:
+    """Splits the change of the weights into the part weight decay made and the part the gradient made.
+
+    SGD adds weight_decay x w to the gradient, and momentum carries both along, so the change of
+    the weights (weight_update_norm) mixes the two: at lr 0.1, decay 5e-4 and momentum 0.9 decay
+    alone moves the weights by about a percent per epoch, so a run whose gradients are zero still
+    shows a healthy-looking weight_update_norm. The update is linear in (gradient + decay), so the
+    decay's share is computed exactly by running SGD's momentum recursion on the decay term alone
+    (a second momentum buffer per parameter), and the gradient's share is the rest.
+    """
+
+    def __init__(self):
+        self.buffers: dict[torch.Tensor, torch.Tensor] = {}  # parameter -> momentum buffer of its decay term
+        self.moved: dict[torch.Tensor, torch.Tensor] = {}  # parameter -> this epoch's change made by decay
+
+    @torch.no_grad()
+    def decay_before_step(self, optimizer) -> list:
+        """The decay term weight_decay x w of every decayed parameter, from the weights before the step."""
+        return [(p, group, p.detach() * group["weight_decay"]) for group in optimizer.param_groups
+                if group.get("weight_decay", 0) > 0 for p in group["params"] if p.grad is not None]
+
+    @torch.no_grad()
+    def after_step(self, optimizer, decay: list) -> None:
+        for p, group, term in decay:
+            momentum = group.get("momentum", 0.0)
+            step = term
+            if momentum > 0:
+                buffer = self.buffers.get(p)
+                buffer = term.clone() if buffer is None else buffer.mul_(momentum).add_(term)
+                self.buffers[p] = buffer
+                step = term + momentum * buffer if group.get("nesterov", False) else buffer
+            moved = self.moved.get(p)
+            self.moved[p] = -group["lr"] * step if moved is None else moved.sub_(group["lr"] * step)
+
+    @torch.no_grad()
+    def epoch_summary(self, model, start_params: list) -> dict:
+        """{decay_update_norm, grad_update_norm}: each part's change relative to the weights at the start
+        of the epoch, as weight_update_norm is; then reset for the next epoch (the buffers carry over)."""
+        start_norm = torch.sqrt(sum((b.float() ** 2).sum() for b in start_params))
+        decay_sq = torch.zeros((), device=start_norm.device)
+        grad_sq = torch.zeros((), device=start_norm.device)
+        for p, before in zip(model.parameters(), start_params):
+            total = p.detach().float() - before.float()
+            by_decay = self.moved.get(p)
+            by_decay = torch.zeros_like(total) if by_decay is None else by_decay.float()
+            decay_sq += (by_decay ** 2).sum()
+            grad_sq += ((total - by_decay) ** 2).sum()
+        self.moved = {}
+        return {"decay_update_norm": (decay_sq.sqrt() / start_norm).item(),
+                "grad_update_norm": (grad_sq.sqrt() / start_norm).item()}
+
+
+_DECAY_SPLITS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _decay_split_for(optimizer) -> DecaySplit:
+    """One DecaySplit per optimizer, kept across epochs (its momentum buffers carry over as SGD's do)."""
+    if optimizer not in _DECAY_SPLITS:
+        _DECAY_SPLITS[optimizer] = DecaySplit()
+    return _DECAY_SPLITS[optimizer]
 
 
 def _epoch_summary(loss_sum, correct, seen: int, num_batches: int) -> dict:
