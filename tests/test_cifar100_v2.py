@@ -313,3 +313,14 @@ def test_a_run_with_worker_processes_exits_in_time(images, tmp_path):
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads((tmp_path / "out" / "results.json").read_text())["status"] == "completed"
+
+
+def test_onecycle_keeps_the_momentum_flag():
+    """OneCycle's default cycles the momentum (0.85-0.95) and would silently override --momentum."""
+    train_utils = load_version(V2, "scripts.train_utils")
+    model = nn.Linear(2, 2)
+    _, optimizer, scheduler = train_utils.define_loss_and_optimizer(model, 0.1, 0.8, 5e-4, 0.0, 3, "onecycle", 2, 5)
+    for _ in range(7):
+        optimizer.step()
+        scheduler.step()
+        assert optimizer.param_groups[0]["momentum"] == 0.8

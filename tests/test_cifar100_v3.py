@@ -15,13 +15,18 @@ from conftest import REPO_ROOT, load_version
 from test_cifar100_data import CLASSES, TEST_PER_CLASS, make_image_folder
 
 V3 = REPO_ROOT / "cifar100" / "v3-ddp"
-QUICK = ["--quick", "--device", "cpu", "--width", "8"]
+# 15 validation images (round(160 x 0.094)) and, below, 49 test images: shards that do not divide by
+# two processes, so a sampler that pads them (DistributedSampler) counts an image twice and is caught.
+QUICK = ["--quick", "--device", "cpu", "--width", "8", "--val_fraction", "0.094"]
+NUM_VAL, NUM_TEST = 15, len(CLASSES) * TEST_PER_CLASS - 1
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
-    return make_image_folder(tmp_path_factory.mktemp("cifar_v3"))
+    folder = make_image_folder(tmp_path_factory.mktemp("cifar_v3"))
+    (folder / "test" / CLASSES[0] / "0000.png").unlink()  # 49 test images: an odd number
+    return folder
 
 
 @pytest.fixture(scope="module")
@@ -87,10 +92,10 @@ def test_two_processes_count_every_image_once(two_processes):
     assert results["status"] == "completed" and results["world_size"] == 2 and results["backend"] == "gloo"
     assert results["batch_size_per_process"] == 16 and results["config"]["batch_size"] == 32
     # test metrics summed over both ranks' shards: all 50 images, not rank 0's 25
-    assert results["test_images"] == len(CLASSES) * TEST_PER_CLASS
-    # validation accuracy over 16 images, counted once each: a multiple of 1/16
+    assert results["test_images"] == NUM_TEST and results["data"]["val"] == NUM_VAL
+    # validation accuracy over 15 images, counted once each: a multiple of 1/15 (padding to 16 breaks it)
     for r in read_jsonl(out / "history.jsonl"):
-        assert (r["val_accuracy"] / 100 * 16) == pytest.approx(round(r["val_accuracy"] / 100 * 16))
+        assert (r["val_accuracy"] / 100 * NUM_VAL) == pytest.approx(round(r["val_accuracy"] / 100 * NUM_VAL), abs=1e-6)
     assert done.stdout.count("loading CIFAR-100") == 1  # rank-0 logging
     assert (out / "best_model.pth").exists() and (out / "curves.png").exists()
 
@@ -120,3 +125,43 @@ def test_benchmark_writes_throughput_and_efficiency(tmp_path):
     assert bench.main([*args, "--out", str(tmp_path / "b2.json"), "--baseline", str(tmp_path / "b1.json")]) == 0
     second = json.loads((tmp_path / "b2.json").read_text())
     assert second["scaling_efficiency"] == pytest.approx(second["images_per_second"] / first["images_per_second"])
+
+
+def test_two_processes_report_what_one_process_measures_on_their_weights(two_processes):
+    """The values, not only the keys: the test loss and accuracy the two processes wrote must be what one
+    process measures on the same checkpoint and the same 49 images. Catches an evaluation sampler that
+    pads or drops images, metrics not summed over ranks, and BatchNorm statistics not synced to rank 0's
+    (each rank would evaluate its shard with its own running statistics)."""
+    done, out = two_processes
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    main = load_version("cifar100/v3-ddp", "main")
+    train_utils = load_version("cifar100/v3-ddp", "scripts.train_utils")
+    data_module = load_version("cifar100/v3-ddp", "scripts.data")
+    data = data_module.subset(data_module.load_cifar100(results["config"]["data_dir"]), main.QUICK_TRAIN, main.QUICK_TEST,
+                              seed=results["config"]["seed"])
+    _, _, test_ds = train_utils.build_datasets(data, results["config"]["val_fraction"],
+                                               results["config"]["randaugment_magnitude"])
+    model = train_utils.ResNet18(num_classes=len(data.classes), width=8)
+    model.load_state_dict(torch.load(out / "best_model.pth", weights_only=True))
+    criterion = torch.nn.CrossEntropyLoss(label_smoothing=results["config"]["label_smoothing"])
+    loader = torch.utils.data.DataLoader(test_ds, batch_size=16)
+    one = train_utils.evaluate(model, loader, criterion, torch.device("cpu"), use_autocast=False)
+    assert one["images"] == results["test_images"] == NUM_TEST
+    assert one["accuracy"] == pytest.approx(results["test_accuracy"], abs=1e-9)
+    assert one["loss"] == pytest.approx(results["test_loss"], rel=1e-5)
+
+
+def test_two_processes_train_like_one(single, two_processes):
+    """Training values within tolerance of one process's: each rank sees its own augmentations and half
+    the batch, so not bit for bit, but the same loss level, accuracy and gradient scale per epoch."""
+    done, two_out = two_processes
+    assert done.returncode == 0, done.stderr[-3000:]
+    _, one_out = single
+    one = read_jsonl(one_out / "diagnostics" / "train_diagnostics.jsonl")
+    two = read_jsonl(two_out / "diagnostics" / "train_diagnostics.jsonl")
+    for a, b in zip(one, two):
+        assert b["learning_rate"] == a["learning_rate"]
+        assert b["loss"] == pytest.approx(a["loss"], rel=0.15)
+        assert b["mean_grad_norm"] == pytest.approx(a["mean_grad_norm"], rel=0.5)
+        assert b["weight_update_norm"] == pytest.approx(a["weight_update_norm"], rel=0.5)

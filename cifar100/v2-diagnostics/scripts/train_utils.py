@@ -111,7 +111,10 @@ def define_loss_and_optimizer(model, lr: float, momentum: float, weight_decay: f
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=num_epochs)
     elif scheduler_name == "onecycle":
         # Stepped once per batch: warm up to lr over the first 30% of the steps, then anneal.
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, epochs=num_epochs, steps_per_epoch=steps_per_epoch)
+        # cycle_momentum=False: by default OneCycle also cycles the momentum between 0.85 and 0.95,
+        # which would silently override --momentum; here --momentum holds for every scheduler.
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, epochs=num_epochs, steps_per_epoch=steps_per_epoch,
+                                                        cycle_momentum=False)
     else:
         # v1's choice, stepped once per epoch with the validation loss; divides
         # the LR by 10 after `patience` epochs without improvement, which can
