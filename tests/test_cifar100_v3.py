@@ -39,12 +39,31 @@ def single(images, tmp_path_factory):
     return results, out
 
 
+# main.py under torchrun, with one spy: every DistributedSampler.set_epoch call is logged per rank
+# (without set_epoch every epoch repeats the first epoch's shuffle, and no metric shows it).
+SPY = """
+import os, sys
+from torch.utils.data.distributed import DistributedSampler
+set_epoch = DistributedSampler.set_epoch
+def logged(self, epoch):
+    with open(os.environ["SET_EPOCH_LOG"] + "." + os.environ["RANK"], "a") as f:
+        f.write(f"{epoch}\\n")
+    set_epoch(self, epoch)
+DistributedSampler.set_epoch = logged
+sys.path.insert(0, os.getcwd())
+import main
+sys.exit(main.cli(sys.argv[1:]))
+"""
+
+
 @pytest.fixture(scope="module")
 def two_processes(images, tmp_path_factory):
     out = tmp_path_factory.mktemp("v3_two")
+    spy = out.parent / f"{out.name}_spy.py"
+    spy.write_text(SPY)
     env = {k: v for k, v in os.environ.items() if k != "DIAGNOSTICS_DIR"}
-    env["OMP_NUM_THREADS"] = "1"
-    done = subprocess.run([*TORCHRUN, "main.py", *QUICK, "--data-dir", str(images), "--out", str(out)],
+    env.update(OMP_NUM_THREADS="1", SET_EPOCH_LOG=str(out.parent / f"{out.name}_set_epoch"))
+    done = subprocess.run([*TORCHRUN, str(spy), *QUICK, "--data-dir", str(images), "--out", str(out)],
                           cwd=V3, env=env, capture_output=True, text=True, timeout=300)
     return done, out
 
@@ -140,8 +159,8 @@ def test_two_processes_report_what_one_process_measures_on_their_weights(two_pro
     data_module = load_version("cifar100/v3-ddp", "scripts.data")
     data = data_module.subset(data_module.load_cifar100(results["config"]["data_dir"]), main.QUICK_TRAIN, main.QUICK_TEST,
                               seed=results["config"]["seed"])
-    _, _, test_ds = train_utils.build_datasets(data, results["config"]["val_fraction"],
-                                               results["config"]["randaugment_magnitude"])
+    _, val_ds, test_ds = train_utils.build_datasets(data, results["config"]["val_fraction"],
+                                                    results["config"]["randaugment_magnitude"])
     model = train_utils.ResNet18(num_classes=len(data.classes), width=8)
     model.load_state_dict(torch.load(out / "best_model.pth", weights_only=True))
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=results["config"]["label_smoothing"])
@@ -150,6 +169,14 @@ def test_two_processes_report_what_one_process_measures_on_their_weights(two_pro
     assert one["images"] == results["test_images"] == NUM_TEST
     assert one["accuracy"] == pytest.approx(results["test_accuracy"], abs=1e-9)
     assert one["loss"] == pytest.approx(results["test_loss"], rel=1e-5)
+    # best_model.pth was saved right after the best epoch's validation: that record is what one process
+    # measures on it. Without sync_buffers, rank 1 validates its shard with its own BatchNorm statistics.
+    best = read_jsonl(out / "history.jsonl")[results["best_epoch"] - 1]
+    val = train_utils.evaluate(model, torch.utils.data.DataLoader(val_ds, batch_size=16), criterion,
+                               torch.device("cpu"), use_autocast=False)
+    assert val["images"] == NUM_VAL
+    assert val["accuracy"] == pytest.approx(best["val_accuracy"], abs=1e-9)
+    assert val["loss"] == pytest.approx(best["val_loss"], rel=1e-5)
 
 
 def test_two_processes_train_like_one(single, two_processes):
@@ -165,3 +192,13 @@ def test_two_processes_train_like_one(single, two_processes):
         assert b["loss"] == pytest.approx(a["loss"], rel=0.15)
         assert b["mean_grad_norm"] == pytest.approx(a["mean_grad_norm"], rel=0.5)
         assert b["weight_update_norm"] == pytest.approx(a["weight_update_norm"], rel=0.5)
+
+
+def test_every_rank_reshuffles_every_epoch(two_processes):
+    """DistributedSampler.set_epoch(epoch) on every rank before every epoch: its shuffle is seeded with
+    seed + epoch, so without the call each epoch sees the same order of the same shard."""
+    done, out = two_processes
+    assert done.returncode == 0, done.stderr[-3000:]
+    for rank in (0, 1):
+        log = out.parent / f"{out.name}_set_epoch.{rank}"
+        assert log.read_text().split() == ["1", "2"], f"rank {rank}"
