@@ -324,3 +324,49 @@ def test_onecycle_keeps_the_momentum_flag():
         optimizer.step()
         scheduler.step()
         assert optimizer.param_groups[0]["momentum"] == 0.8
+
+
+# ---------------------------------------------------------------------------
+# --resume: a run cut short goes on where it stopped, with the same numbers
+# ---------------------------------------------------------------------------
+def _without_timing(records: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in ("epoch_time_s", "images_per_second")} for r in records]
+
+
+def test_resumed_run_continues_the_same_history(images, tmp_path, monkeypatch):
+    main = load_version(V2, "main")
+    args = [*QUICK, "--data-dir", str(images), "--scheduler", "plateau"]  # --quick: 2 epochs
+    straight = main.main([*args, "--out", str(tmp_path / "straight")])
+
+    real_epoch, calls = main.train_one_epoch, []
+
+    def stop_in_epoch_two(*a, **k):  # Ctrl-C during the second epoch: one epoch is on disk
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_epoch(*a, **k)
+
+    monkeypatch.setattr(main, "train_one_epoch", stop_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        main.main([*args, "--out", str(tmp_path / "cut")])
+    monkeypatch.setattr(main, "train_one_epoch", real_epoch)
+    assert len(read_jsonl(tmp_path / "cut" / "history.jsonl")) == 1
+    resumed = main.main([*args, "--out", str(tmp_path / "cut"), "--resume"])
+
+    assert resumed["resumed_after_epoch"] == 1 and resumed["status"] == "completed"
+    assert _without_timing(read_jsonl(tmp_path / "cut" / "history.jsonl")) == \
+        _without_timing(read_jsonl(tmp_path / "straight" / "history.jsonl"))
+    for name in ("train_diagnostics.jsonl", "val_diagnostics.jsonl"):
+        assert (tmp_path / "cut" / "diagnostics" / name).read_text() == \
+            (tmp_path / "straight" / "diagnostics" / name).read_text()
+    assert resumed["test_accuracy"] == straight["test_accuracy"] and resumed["best_epoch"] == straight["best_epoch"]
+
+
+def test_resume_refuses_other_flags(images, tmp_path, capsys):
+    main = load_version(V2, "main")
+    args = [*QUICK, "--data-dir", str(images), "--out", str(tmp_path)]
+    main.main(args)
+    assert main.cli([*args, "--resume", "--lr", "0.05"]) == 2
+    assert "--lr 0.1 -> 0.05" in capsys.readouterr().err
+    # a finished run resumed with its own flags has nothing left to do, and says so in its record
+    assert main.main([*args, "--resume"])["resumed_after_epoch"] == 2

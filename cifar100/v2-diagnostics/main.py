@@ -27,7 +27,8 @@ from torch.utils.data import DataLoader
 
 from scripts.data import DataNotFoundError, load_cifar100, subset
 from scripts.plots import plot_history
-from scripts.train_utils import SCHEDULERS, ResNet18, build_datasets, define_loss_and_optimizer, evaluate, train_one_epoch
+from scripts.train_utils import (SCHEDULERS, ResNet18, build_datasets, decay_split_state, define_loss_and_optimizer, evaluate,
+                                 load_decay_split_state, train_one_epoch)
 
 # ---- configuration: every constant has a command-line flag of the same name ----
 VERSION = Path(__file__).resolve().parent.name
@@ -86,6 +87,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data-dir", dest="data_dir", default=None, help="image folder with train/<class>/ and test/<class>/")
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--quick", action="store_true", help=f"{QUICK_TRAIN} training images, {QUICK_EPOCHS} epochs, batch {QUICK_BATCH}")
+    p.add_argument("--resume", action="store_true",
+                   help=f"go on after the last finished epoch of --out's {RESUME_FILE} (same flags; a run longer than one sitting)")
     args = p.parse_args(argv)
     for name in ("batch_size", "num_epochs", "width"):
         if getattr(args, name) < 1:
@@ -176,10 +179,12 @@ def main(argv=None) -> dict:
 
     history: list[dict] = []
     history_path, checkpoint_path = out / "history.jsonl", out / "best_model.pth"
-    history_path.write_text("")
-    for name in ("train_diagnostics.jsonl", "val_diagnostics.jsonl"):
-        (diagnostics / name).write_text("")
-    checkpoint_path.unlink(missing_ok=True)  # never test a stale checkpoint of an earlier run
+    state = load_resume_state(out, args) if args.resume and (out / RESUME_FILE).is_file() else None
+    if state is None:
+        history_path.write_text("")
+        for name in ("train_diagnostics.jsonl", "val_diagnostics.jsonl"):
+            (diagnostics / name).write_text("")
+        checkpoint_path.unlink(missing_ok=True)  # never test a stale checkpoint of an earlier run
     results = {
         "version": VERSION, "status": "running", "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "seed": args.seed, "torch_version": torch.__version__, "torchvision_version": torchvision.__version__,
@@ -189,9 +194,13 @@ def main(argv=None) -> dict:
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "history_file": str(history_path), "curves_png": str(out / "curves.png"), "diagnostics_dir": str(diagnostics),
     }
-    best_val = -1.0
+    best_val, first_epoch = -1.0, 1
+    if state is not None:
+        history, best_val = resume(state, out, diagnostics, model, optimizer, scheduler, scaler, train_loader, results)
+        first_epoch = state["epoch"] + 1
+        print(f"[{VERSION}] resuming after epoch {state['epoch']} (best val_acc so far {best_val:.2f}%)", flush=True)
     try:
-        for epoch in range(1, args.num_epochs + 1):
+        for epoch in range(first_epoch, args.num_epochs + 1):
             train = train_one_epoch(model, train_loader, criterion, optimizer, scaler, device, use_autocast, args.grad_clip,
                                     desc=f"epoch {epoch}/{args.num_epochs}",
                                     batch_scheduler=scheduler if args.scheduler == "onecycle" else None)
@@ -222,6 +231,7 @@ def main(argv=None) -> dict:
                 best_val = val["accuracy"]
                 torch.save(model.state_dict(), checkpoint_path)
                 results.update(best_val_accuracy=best_val, best_epoch=epoch)
+            save_resume_state(out, epoch, args, model, optimizer, scheduler, scaler, train_loader, results)
     except (KeyboardInterrupt, TrainingDiverged) as stop:
         results["status"] = "interrupted" if isinstance(stop, KeyboardInterrupt) else "diverged"
         finish(results, history, out, wall_start)
@@ -234,6 +244,62 @@ def main(argv=None) -> dict:
     print(f"[{VERSION}] best val_acc {best_val:.2f}% (epoch {results['best_epoch']}), test_acc {test['accuracy']:.2f}% "
           f"with the best checkpoint; outputs in {out}")
     return results
+
+
+RESUME_FILE = "resume.pth"
+RESUME_MAY_DIFFER = {"resume", "out", "device", "num_workers", "data_dir"}  # flags that do not change the run
+
+
+def save_resume_state(out: Path, epoch: int, args, model, optimizer, scheduler, scaler, train_loader, results) -> None:
+    """After every epoch: everything --resume needs to go on as if the run had never stopped (weights,
+    optimizer with its momentum, schedule, loss scale, every random generator, the best epoch so far)."""
+    state = {"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+             "decay_split": decay_split_state(optimizer, model),
+             "best_val_accuracy": results.get("best_val_accuracy", -1.0), "best_epoch": results.get("best_epoch"),
+             "torch_rng": torch.get_rng_state(), "loader_rng": train_loader.generator.get_state(),
+             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+             "numpy_rng": np.random.get_state(), "python_rng": random.getstate(),
+             "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in RESUME_MAY_DIFFER}}
+    tmp = out / f"{RESUME_FILE}.partial"
+    torch.save(state, tmp)
+    tmp.replace(out / RESUME_FILE)  # atomic: a run killed while saving keeps the previous epoch's state
+
+
+def load_resume_state(out: Path, args) -> dict:
+    state = torch.load(out / RESUME_FILE, map_location="cpu", weights_only=False)  # our own file: RNG states are tuples
+    config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in RESUME_MAY_DIFFER}
+    changed = {k: (state["config"].get(k), v) for k, v in config.items() if state["config"].get(k) != v}
+    if changed:  # another --num_epochs changes the schedule's length, another --seed the run: not a resume
+        raise UsageError("--resume needs the flags of the interrupted run; these differ (saved -> now): "
+                         + ", ".join(f"--{k} {old!r} -> {new!r}" for k, (old, new) in changed.items())
+                         + ". Start again without --resume, or use another --out.")
+    return state
+
+
+def resume(state: dict, out: Path, diagnostics: Path, model, optimizer, scheduler, scaler, train_loader,
+           results: dict) -> tuple[list[dict], float]:
+    """Load the saved state; cut history and diagnostics to its epoch (later lines belong to an epoch
+    that did not finish saving). Returns (history so far, best validation accuracy so far)."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    load_decay_split_state(optimizer, model, state["decay_split"])
+    torch.set_rng_state(state["torch_rng"])
+    train_loader.generator.set_state(state["loader_rng"])
+    if state["cuda_rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    np.random.set_state(state["numpy_rng"])
+    random.setstate(state["python_rng"])
+    for path in (out / "history.jsonl", diagnostics / "train_diagnostics.jsonl", diagnostics / "val_diagnostics.jsonl"):
+        lines = path.read_text().splitlines() if path.is_file() else []
+        path.write_text("".join(line + "\n" for line in lines if json.loads(line)["epoch"] <= state["epoch"]))
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    if state["best_epoch"] is not None:
+        results.update(best_val_accuracy=state["best_val_accuracy"], best_epoch=state["best_epoch"])
+    results["resumed_after_epoch"] = state["epoch"]
+    return history, state["best_val_accuracy"]
 
 
 def diagnostics_dir(out: Path) -> Path:

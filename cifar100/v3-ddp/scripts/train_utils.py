@@ -261,6 +261,18 @@ def _decay_split_for(optimizer) -> DecaySplit:
     return _DECAY_SPLITS[optimizer]
 
 
+def decay_split_state(optimizer, model) -> list:
+    """The decay term's momentum buffers, in model.parameters() order (None where there is none), for a
+    checkpoint: without them a resumed run would split its first steps' updates differently."""
+    buffers = _decay_split_for(optimizer).buffers
+    return [buffers.get(p) for p in model.parameters()]
+
+
+def load_decay_split_state(optimizer, model, state: list) -> None:
+    split = _decay_split_for(optimizer)
+    split.buffers = {p: b.to(p.device) for p, b in zip(model.parameters(), state) if b is not None}
+
+
 def _epoch_summary(loss_sum, correct, seen: int, num_batches: int) -> dict:
     return {"loss": loss_sum.item() / max(seen, 1), "accuracy": 100.0 * correct.item() / max(seen, 1), "num_batches": num_batches,
             "images": seen}
