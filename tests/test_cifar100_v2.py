@@ -20,7 +20,7 @@ from test_cifar100_data import CLASSES, make_image_folder
 V2 = "cifar100/v2-diagnostics"
 QUICK = ["--quick", "--device", "cpu", "--width", "8"]
 TRAIN_KEYS = ["epoch", "loss", "accuracy", "learning_rate", "mean_grad_norm", "min_grad_norm", "max_grad_norm",
-              "weight_update_norm", "num_batches"]
+              "weight_update_norm", "grad_update_norm", "decay_update_norm", "loss_scale", "num_batches"]
 VAL_KEYS = ["epoch", "loss", "accuracy", "learning_rate", "num_batches"]
 
 
@@ -57,6 +57,7 @@ def test_diagnostics_files_have_one_line_per_epoch_with_the_seed_keys(run):
         # unscaled, before clipping: the O(0.1-10) of a real gradient, not 65536x that
         assert 0.01 < t["min_grad_norm"] <= t["mean_grad_norm"] <= t["max_grad_norm"] < 100
         assert 1e-3 < t["weight_update_norm"] < 1
+        assert t["decay_update_norm"] < t["grad_update_norm"] and t["loss_scale"] == 65536.0
         assert t["num_batches"] == 144 // 32 and v["num_batches"] == 1
         assert v["learning_rate"] == t["learning_rate"]
     # cosine over 2 epochs: 0.1, then half of it
