@@ -80,3 +80,54 @@ def test_preflight_fails_on_the_edit(mutation, tmp_path, imagenette_folder, monk
     assert results["exit_code"] == 1 and results["status"] == "preflight", stdout[-3000:]
     assert check in failed, f"{mutation}: {check} passed; failed were {sorted(failed)}"
     assert hint_words in failed[check]["hint"], failed[check]["hint"]
+
+
+# ---------------------------------------------------------------------------
+# imagenette/v7: the same for the ResNets; the edits go into ../models/resnet.py (shared by
+# v7a/b/c) or train.py of a copy of v7a, and v7a's --preflight must fail with the check meant.
+# ---------------------------------------------------------------------------
+# name: (file, text, replacement, check that must fail, words of its hint)
+V7_MUTATIONS = {
+    "shortcut detached in BasicBlock (the projection learns nothing)": (
+        "models/resnet.py", "        return self.relu2(out + shortcut)\n\n\nclass Bottleneck",
+        "        return self.relu2(out + shortcut.detach())\n\n\nclass Bottleneck",
+        "gradient_flow", "detaches the graph"),
+    # (Scaling every block's branch alike moves the median with it; one scaled block is tested
+    # in test_imagenette_v7.py.)
+    "a stage skipped in forward()": (
+        "models/resnet.py", "x = self.layer4(self.layer3(self.layer2(self.layer1(x))))",
+        "x = self.layer4(self.layer3(self.layer2(x)))",
+        "gradient_flow", "forward() uses every block"),
+    "final layer initialised large": (
+        "v7a/train.py", "FINAL_WEIGHT_STD = 0.01", "FINAL_WEIGHT_STD = 1.0",
+        "loss_at_init", "init of the last layer"),
+}
+
+
+def copy_v7_with_edit(tmp_path, file: str | None = None, old: str | None = None, new: str | None = None):
+    root = tmp_path / "imagenette" / "v7"
+    for part in ("models", "v7a"):
+        shutil.copytree(REPO_ROOT / "imagenette" / "v7" / part, root / part,
+                        ignore=shutil.ignore_patterns("outputs", "__pycache__"))
+    (tmp_path / "shared").symlink_to(REPO_ROOT / "shared")
+    if file is not None:
+        source = (root / file).read_text()
+        assert source.count(old) == 1, f"the edit does not apply: {old!r} occurs {source.count(old)} times"
+        (root / file).write_text(source.replace(old, new))
+    return root / "v7a"
+
+
+def test_v7_unedited_copy_passes(tmp_path, imagenette_folder, monkeypatch):
+    results, stdout = preflight(copy_v7_with_edit(tmp_path), imagenette_folder, monkeypatch, tmp_path / "cache")
+    assert results["exit_code"] == 0 and results["all_checks_passed"], stdout[-3000:]
+
+
+@pytest.mark.parametrize("mutation", list(V7_MUTATIONS))
+def test_v7_preflight_fails_on_the_edit(mutation, tmp_path, imagenette_folder, monkeypatch):
+    file, old, new, check, hint_words = V7_MUTATIONS[mutation]
+    results, stdout = preflight(copy_v7_with_edit(tmp_path, file, old, new), imagenette_folder, monkeypatch,
+                                tmp_path / "cache")
+    failed = {name: c for name, c in results["checks"].items() if not c["passed"]}
+    assert results["exit_code"] == 1 and results["status"] == "preflight", stdout[-3000:]
+    assert check in failed, f"{mutation}: {check} passed; failed were {sorted(failed)}"
+    assert hint_words in failed[check]["hint"], failed[check]["hint"]
