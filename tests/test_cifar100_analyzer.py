@@ -17,6 +17,8 @@ from conftest import REPO_ROOT, load_version
 
 EPOCHS = 30
 REAL_RUNS = REPO_ROOT / "runs" / "2026-11-23-h100"
+FULL_RUNS = REPO_ROOT / "runs" / "2026-11-24-h100-cifar100"  # the whole data set, 2026-11-24
+DIAGNOSTICS_MD = REPO_ROOT / "cifar100" / "v2-diagnostics" / "DIAGNOSTICS.md"
 
 
 @pytest.fixture
@@ -176,6 +178,60 @@ def test_real_runs_v2_healthy_and_v1_scaled_first(analyzer, tmp_path, capsys):
     assert code == 1
     assert out.index("[1] Gradient norms look scaled by the AMP loss scale") > 0
     assert "ReduceLROnPlateau cut first at epoch 6 with patience 3" in out
+
+
+def copy_run(name, to):
+    """A recorded run folder of FULL_RUNS copied, without its plots, into `to`."""
+    for path in (FULL_RUNS / name).rglob("*.json*"):
+        target = to / name / path.relative_to(FULL_RUNS / name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(path.read_bytes())
+
+
+def code_block_after(markdown, heading):
+    """The first ``` block after `heading` in `markdown`."""
+    rest = markdown[markdown.index(heading):]
+    start = rest.index("```\n") + 4
+    return rest[start:rest.index("\n```", start)]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_full_data_v2_runs_are_healthy(analyzer, tmp_path, capsys, seed):
+    """The three 120-epoch full-data runs (76.1% test): no issue, and learning judged on the gradient's
+    own share of the update (v2 records grad_update_norm), not on weight decay's."""
+    copy_run(f"v2_full_seed{seed}", tmp_path)
+    code, out = cli(analyzer, capsys, tmp_path / f"v2_full_seed{seed}")
+    assert code == 0 and "No issue found" in out, out
+    assert "the gradient moves the weights: learning is happening" in out
+    assert "4997 images (results.json)" in out and "no sign of training augmentation" in out
+
+
+def test_full_data_v1_run_clipping_bug_first_and_decay_not_taken_for_learning(analyzer, tmp_path, capsys):
+    """v1 on the full data: the weights move 4.3% per epoch at chance level, all of it weight decay
+    (87 steps x 0.1 x 5e-4 / 0.1). The analyzer must neither call that learning nor invent an early
+    LR cut (ReduceLROnPlateau cut first at epoch 28)."""
+    copy_run("v1_e30", tmp_path)
+    code, out = cli(analyzer, capsys, tmp_path / "v1_e30" / "history.jsonl")
+    assert code == 1
+    assert "[1] Gradient norms look scaled by the AMP loss scale" in out
+    assert "learning is happening" not in out
+    assert "learning cannot be confirmed from the weight updates" in out
+    assert "first drop at epoch 28: not early" in out and "Learning rate reduced too early" not in out
+
+
+@pytest.mark.parametrize("run, argument, heading", [
+    ("v1_e30", "v1_e30/history.jsonl", "### v1-baseline, 30 epochs"),
+    ("v2_full_seed0", "v2_full_seed0", "### v2-diagnostics, 120 epochs"),
+])
+def test_diagnostics_md_shows_what_the_analyzer_prints(analyzer, tmp_path, capsys, monkeypatch, run, argument,
+                                                        heading):
+    """DIAGNOSTICS.md's real-run blocks are the analyzer's output on the recorded runs, verbatim: a
+    changed analyzer that is not re-run on them fails here."""
+    copy_run(run, tmp_path)
+    monkeypatch.chdir(tmp_path)
+    _, out = cli(analyzer, capsys, argument)
+    assert code_block_after(DIAGNOSTICS_MD.read_text(), heading).strip() == out.strip()
+    assert out.strip() == (FULL_RUNS / f"{run}.analysis.txt").read_text().strip()
 
 
 # ---------------------------------------------------------------- accuracy units
