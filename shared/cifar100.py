@@ -66,6 +66,8 @@ def _torchvision_ok(root: Path) -> bool:
 def _candidates(data_dir: str | os.PathLike | None) -> list[tuple[str, Path]]:
     """Where to look, in order; an explicit --data-dir is the only place looked at."""
     if data_dir is not None:
+        if not Path(data_dir).expanduser().is_dir():  # never create a mistyped folder by downloading into it
+            raise DataNotFoundError(f"no such folder: {data_dir}")
         return [("--data-dir", Path(data_dir).expanduser())]
     candidates = []
     if os.environ.get("DATA_DIR"):
@@ -82,17 +84,23 @@ def find_cifar100(data_dir: str | os.PathLike | None = None) -> Cifar100Source:
         for root in (base, base / "cifar100"):
             problem = _image_folder_problem(root) if root.is_dir() else "does not exist"
             if problem is None:
+                print(f"data: CIFAR-100 image folder {root} ({label})")
                 return Cifar100Source(IMAGE_FOLDER, root, label)
             looked.append(f"  - {label}: {root} (image folder: {problem})")
         if _torchvision_ok(base):
+            print(f"data: CIFAR-100 archive {base / 'cifar-100-python'} ({label})")
             return Cifar100Source(TORCHVISION, base, label)
         looked.append(f"  - {label}: {base / 'cifar-100-python'} (torchvision archive: not there)")
 
-    download_root = candidates[0][1] if data_dir is not None else DATA_CACHE
+    download_root = DATA_CACHE
     from torchvision.datasets import CIFAR100
 
-    download_error = try_download(CIFAR100, download_root)
+    if data_dir is not None:  # the user named this folder: download nothing into it
+        download_error = "not tried: --data-dir names the folder to use; leave it away to download into data/"
+    else:
+        download_error = try_download(CIFAR100, download_root)
     if download_error is None:
+        print(f"data: CIFAR-100 downloaded into {download_root}")
         return Cifar100Source(TORCHVISION, download_root, "download")
 
     raise DataNotFoundError(

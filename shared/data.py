@@ -13,6 +13,7 @@ Set ``DATA_OFFLINE=1`` to skip step 5 (useful on machines without network).
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -41,6 +42,8 @@ def offline() -> bool:
 def _candidate_dirs(data_dir: str | os.PathLike | None, system_dirs: list[Path]) -> list[tuple[str, Path]]:
     """Where to look, in order; an explicit --data-dir is the only place looked at."""
     if data_dir is not None:
+        if not Path(data_dir).expanduser().is_dir():  # never create a mistyped folder by downloading into it
+            raise DataNotFoundError(f"no such folder: {data_dir}")
         return [("--data-dir", Path(data_dir).expanduser())]
     candidates = []
     if os.environ.get("DATA_DIR"):
@@ -62,22 +65,25 @@ def _fashion_mnist_raw_dir(base: Path) -> Path | None:
     return None
 
 
-def _torchvision_root(raw_dir: Path, fallback_root: Path) -> Path:
-    """A root that `torchvision.datasets.FashionMNIST(root)` reads without downloading.
+def _torchvision_root(raw_dir: Path, unpack_root: Path) -> tuple[Path, str]:
+    """A root that `torchvision.datasets.FashionMNIST(root)` reads without downloading, and
+    how it was got ("in place" or "unpacked into ...").
 
     torchvision wants the unpacked files in `root/FashionMNIST/raw/`. If `raw_dir`
     is already that, use it in place; otherwise unpack (or copy) the files once
-    into `fallback_root/FashionMNIST/raw/`.
+    into `unpack_root/FashionMNIST/raw/`, always inside the repository's data/.
     """
     if raw_dir.name == "raw" and raw_dir.parent.name == "FashionMNIST":
         if all((raw_dir / f).is_file() for f in FASHION_MNIST_FILES):
-            return raw_dir.parent.parent
-    target = fallback_root / "FashionMNIST" / "raw"
+            return raw_dir.parent.parent, "used in place"
+    target = unpack_root / "FashionMNIST" / "raw"
     target.mkdir(parents=True, exist_ok=True)
+    unpacked = False
     for name in FASHION_MNIST_FILES:
         out = target / name
         if out.is_file():
             continue
+        unpacked = True
         tmp = target / f".{name}.{os.getpid()}.partial"  # per process: parallel runs may unpack at once
         if (raw_dir / name).is_file():
             shutil.copyfile(raw_dir / name, tmp)
@@ -85,7 +91,21 @@ def _torchvision_root(raw_dir: Path, fallback_root: Path) -> Path:
             with gzip.open(raw_dir / f"{name}.gz", "rb") as src, open(tmp, "wb") as dst:
                 shutil.copyfileobj(src, dst)
         tmp.replace(out)  # atomic: an interrupted unpack never leaves a truncated file behind
-    return fallback_root
+    return unpack_root, ("unpacked into " if unpacked else "unpacked earlier into ") + str(target)
+
+
+def _unpack_root(raw_dir: Path, label: str) -> Path:
+    """Where a .gz copy is unpacked: data/ for the system copy (as always), and for any other
+    folder a subfolder of data/ keyed by the files' path, size and time, so that two copies
+    never mix and a changed file is unpacked afresh; nothing is written beside the user's files."""
+    if label == "system copy":
+        return DATA_CACHE
+    stamp = []
+    for name in FASHION_MNIST_FILES:
+        path = raw_dir / name if (raw_dir / name).is_file() else raw_dir / f"{name}.gz"
+        info = path.stat()
+        stamp.append(f"{path.resolve()}:{info.st_size}:{info.st_mtime_ns}")
+    return DATA_CACHE / "fashion-mnist-unpacked" / hashlib.sha1("\n".join(stamp).encode()).hexdigest()[:12]
 
 
 def try_download(dataset_class, root: Path) -> str | None:
@@ -109,21 +129,29 @@ def fashion_mnist_root(data_dir: str | os.PathLike | None = None, system_dirs: l
     """Return a root folder for `torchvision.datasets.FashionMNIST(root, download=False)`."""
     system_dirs = FASHION_MNIST_SYSTEM_DIRS if system_dirs is None else system_dirs
     candidates = _candidate_dirs(data_dir, system_dirs)
-    for _, base in candidates:
+    for label, base in candidates:
         raw = _fashion_mnist_raw_dir(base)
         if raw is not None:
-            # Unpack next to an explicit/env folder if we may write there, else into the cache.
-            writable = base if (base != DATA_CACHE and os.access(base, os.W_OK) and base not in system_dirs) else DATA_CACHE
+            unpack_root = _unpack_root(raw, label) if base != DATA_CACHE else DATA_CACHE
             try:
-                return _torchvision_root(raw, writable)
+                root, how = _torchvision_root(raw, unpack_root)
             except OSError as err:
-                raise DataNotFoundError(f"Found Fashion-MNIST in {raw} but could not unpack it into {writable}: {err}") from None
+                raise DataNotFoundError(f"Found Fashion-MNIST in {raw} but could not unpack it into {unpack_root}: "
+                                        f"{err}") from None
+            print(f"data: Fashion-MNIST from {raw} ({label}; {how})")
+            return root
+        if label == "--data-dir":  # the user named this folder: look nowhere else, download nothing into it
+            raise DataNotFoundError(
+                f"no Fashion-MNIST files in {base}: expected {', '.join(FASHION_MNIST_FILES)} (plain or .gz), "
+                "directly in it or in FashionMNIST/raw/. Leave --data-dir away to use a system copy or to "
+                "download into data/.")
 
-    download_root = candidates[0][1] if data_dir is not None else DATA_CACHE
+    download_root = DATA_CACHE  # an explicit --data-dir never gets here: it was looked at, or refused
     from torchvision.datasets import FashionMNIST
 
     download_error = try_download(FashionMNIST, download_root)
     if download_error is None:
+        print(f"data: Fashion-MNIST downloaded into {download_root}")
         return download_root
 
     looked = "\n".join(f"  - {label}: {path}" for label, path in candidates)

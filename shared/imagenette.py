@@ -101,6 +101,8 @@ def _layout_problem(root: Path) -> str | None:
 def find_imagenette(data_dir: str | os.PathLike | None = None) -> ImagenetteSource:
     """Return where Imagenette lies, downloading it into ``data/`` as a last resort."""
     if data_dir is not None:
+        if not Path(data_dir).expanduser().is_dir():  # never create a mistyped folder by downloading into it
+            raise DataNotFoundError(f"no such folder: {data_dir}")
         candidates = [("--data-dir", Path(data_dir).expanduser())]
     else:
         candidates = [("DATA_DIR", Path(os.environ["DATA_DIR"]).expanduser())] if os.environ.get("DATA_DIR") else []
@@ -110,11 +112,14 @@ def find_imagenette(data_dir: str | os.PathLike | None = None) -> ImagenetteSour
         for root in (base, base / "imagenette2-160"):
             problem = _layout_problem(root)
             if problem is None:
+                print(f"data: Imagenette from {root} ({label})")
                 return ImagenetteSource(root, label)
             looked.append(f"  - {label}: {root} ({problem})")
 
-    download_root = candidates[0][1] if data_dir is not None else DATA_CACHE
-    if offline():
+    download_root = DATA_CACHE
+    if data_dir is not None:  # the user named this folder: download nothing into it
+        download_error = "not tried: --data-dir names the folder to use; leave it away to download into data/"
+    elif offline():
         download_error = "skipped because DATA_OFFLINE is set"
     else:
         try:
@@ -126,6 +131,7 @@ def find_imagenette(data_dir: str | os.PathLike | None = None) -> ImagenetteSour
         except Exception as err:  # no network, a proxy, a full disk: one line instead of a traceback
             download_error = f"failed ({type(err).__name__}: {err})"
     if download_error is None and _layout_problem(download_root / "imagenette2-160") is None:
+        print(f"data: Imagenette downloaded into {download_root / 'imagenette2-160'}")
         return ImagenetteSource(download_root / "imagenette2-160", "download")
     raise DataNotFoundError(
         "Imagenette was not found. Looked in:\n"

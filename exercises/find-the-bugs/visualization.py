@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only: runs on servers and in CI without a display
 import matplotlib.pyplot as plt  # noqa: E402
+from shared.runs import save_figure, write_text  # noqa: E402  (atomic: a file is whole or absent)
 import numpy as np  # noqa: E402
 import seaborn as sns  # noqa: E402
 
@@ -33,7 +34,7 @@ def plot_training_curves(history_path: Path, out_path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(out_path, dpi=120)
+    save_figure(fig, out_path, dpi=120)
     plt.close(fig)
 
 
@@ -50,7 +51,7 @@ def plot_samples_per_class(images, labels, classes, out_path: Path, per_class: i
         axes[row, 0].set_title(name, fontsize=8, loc="left")
     fig.suptitle("Training samples per class (raw pixels)")
     fig.tight_layout()
-    fig.savefig(out_path, dpi=100)
+    save_figure(fig, out_path, dpi=100)
     plt.close(fig)
 
 
@@ -63,7 +64,7 @@ def plot_class_means(images, labels, classes, out_path: Path) -> None:
         ax.axis("off")
     fig.suptitle("Per-class mean image")
     fig.tight_layout()
-    fig.savefig(out_path, dpi=100)
+    save_figure(fig, out_path, dpi=100)
     plt.close(fig)
 
 
@@ -73,7 +74,7 @@ def plot_pixel_histogram(images, out_path: Path) -> None:
     ax.hist(images.flatten().numpy(), bins=64, color="steelblue", log=True)
     ax.set(xlabel="pixel value (uint8)", ylabel="count (log)", title="Pixel histogram, training set")
     fig.tight_layout()
-    fig.savefig(out_path, dpi=100)
+    save_figure(fig, out_path, dpi=100)
     plt.close(fig)
 
 
@@ -90,7 +91,7 @@ def plot_human_baseline_samples(images, labels, classes, out_path: Path) -> None
         ax.axis("off")
     fig.suptitle("Human baseline: name the class (humans: 83.5% on Fashion-MNIST)")
     fig.tight_layout()
-    fig.savefig(out_path, dpi=100)
+    save_figure(fig, out_path, dpi=100)
     plt.close(fig)
 
 
@@ -111,7 +112,7 @@ def plot_input_visualization(images, labels, classes, stats: dict, out_path: Pat
     fig.suptitle(f"Just before the net: shape {stats['shape']}, {stats['dtype']}, min {stats['min']:.3f}, "
                  f"max {stats['max']:.3f}, mean {stats['mean']:.3f}, std {stats['std']:.3f}", fontsize=10)
     fig.tight_layout()
-    fig.savefig(out_path, dpi=100)
+    save_figure(fig, out_path, dpi=100)
     plt.close(fig)
 
 
@@ -129,7 +130,7 @@ def plot_overfit_one_batch(step_losses: list[float], evaluations: list[dict], ma
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out_path, dpi=100)
+    save_figure(fig, out_path, dpi=100)
     plt.close(fig)
 
 
@@ -151,7 +152,7 @@ def plot_batch_level_loss(batch_losses: list[float], out_path: Path = Path("outp
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out_path, dpi=110)
+    save_figure(fig, out_path, dpi=110)
     plt.close(fig)
 
 
@@ -168,7 +169,7 @@ def plot_confusion_matrix(confusion: list[list[int]], classes, out_path: Path) -
         ax.set(xlabel="predicted", ylabel="true", title=title)
         ax.tick_params(axis="x", rotation=45)
     fig.tight_layout()
-    fig.savefig(out_path, dpi=100)
+    save_figure(fig, out_path, dpi=100)
     plt.close(fig)
 
 
@@ -190,7 +191,7 @@ def plot_train_vs_test(train_metrics: dict, test_metrics: dict, classes, out_pat
         ax.legend()
         ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
-    fig.savefig(out_path, dpi=100)
+    save_figure(fig, out_path, dpi=100)
     plt.close(fig)
 
 
@@ -207,7 +208,7 @@ def plot_misclassifications(images, mistakes: list[dict], classes, out_path: Pat
                      fontsize=8)
     fig.suptitle(f"Top-{len(mistakes)} most confident mistakes (test set)")
     fig.tight_layout()
-    fig.savefig(out_path, dpi=100)
+    save_figure(fig, out_path, dpi=100)
     plt.close(fig)
 
 
@@ -230,7 +231,7 @@ def plot_prediction_dynamics(dynamics: dict, out_path: Path) -> None:
     ax_mean.grid(alpha=0.3)
     ax_mean.legend()
     fig.tight_layout()
-    fig.savefig(out_path, dpi=100)
+    save_figure(fig, out_path, dpi=100)
     plt.close(fig)
 
 
@@ -274,4 +275,4 @@ def write_report(results: dict, out_path: Path) -> None:
     for name in results["outputs"]:
         if name.endswith(".png"):
             lines += [f"### {name}", "", f"![{name}]({name})", ""]
-    out_path.write_text("\n".join(lines))
+    write_text(out_path, "\n".join(lines))

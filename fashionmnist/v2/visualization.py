@@ -11,6 +11,7 @@ import torch
 
 matplotlib.use("Agg")  # files only: runs on servers and in CI without a display
 import matplotlib.pyplot as plt  # noqa: E402
+from shared.runs import save_figure  # noqa: E402  (atomic: a file is whole or absent)
 
 
 def read_history(path: Path) -> list[dict]:
@@ -36,7 +37,7 @@ def plot_training_curves(history_path: Path, out_path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(out_path, dpi=120)
+    save_figure(fig, out_path, dpi=120)
     plt.close(fig)
 
 
@@ -63,5 +64,5 @@ def plot_batch(images, labels, classes, out_path: Path, count: int = 32, columns
     ax.axis("off")
     ax.set_title(f"First training batch: {tuple(images.shape[1:])} per image, values in [{low:.2f}, {high:.2f}]")
     fig.tight_layout()
-    fig.savefig(out_path, dpi=100)
+    save_figure(fig, out_path, dpi=100)
     plt.close(fig)

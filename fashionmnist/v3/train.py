@@ -36,9 +36,13 @@ from tqdm import tqdm
 VERSION_DIR = Path(__file__).resolve().parent
 REPO_ROOT = VERSION_DIR.parents[1]
 if str(REPO_ROOT) not in sys.path:
-    sys.path.append(str(REPO_ROOT))  # for shared/ (data location only)
+    sys.path.append(str(REPO_ROOT))  # for shared/ (data location, run folders)
 
 from shared.data import DataNotFoundError, fashion_mnist_root  # noqa: E402
+from shared.runs import (  # noqa: E402
+    RunFolderError, existing_dir, make_run_dir, run_mode,
+    save_checkpoint, stop_cleanly, write_json,
+)
 
 from debug_tools import (  # noqa: E402
     inspect_batch,
@@ -72,7 +76,7 @@ FLIP_PROBABILITY = 0.5  # horizontal flip: a mirrored shirt is still a shirt (up
 NORMALISED_TOLERANCE = 0.15  # allowed |mean| and |std - 1| of a normalised batch; one batch varies by ~0.03
 DEVICE = "auto"  # cuda, then mps, then cpu
 DATA_DIR = None  # None: look in $DATA_DIR, data/, the Debian package, then download (shared/data.py)
-OUT_DIR = VERSION_DIR / "outputs"  # plots, results.json, history.jsonl, best model
+OUT_DIR = VERSION_DIR / "outputs"  # every run: a new dated folder in here; outputs/latest: the newest
 # A loss above this (10x the 2.30 of a model that guesses: the right class gets probability
 # < e^-25) stops training as diverged, like NaN does: a far too high learning rate often
 # explodes the loss to 1e29 and beyond without ever making it NaN.
@@ -376,8 +380,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny subset and 1 epoch: every code path in seconds")
     p.add_argument("--preflight", action="store_true", help="run only the checks; exit code 1 if one fails")
-    p.add_argument("--out", type=Path, default=OUT_DIR, help="plots, results.json, history.jsonl, best model")
-    p.add_argument("--data-dir", type=Path, default=DATA_DIR, help="folder with the Fashion-MNIST files")
+    p.add_argument("--out", type=Path, default=None,
+                   help="exactly this folder (default: a new dated folder under outputs/)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="let --out reuse a folder that already holds a run's results")
+    p.add_argument("--data-dir", type=existing_dir, default=DATA_DIR, help="folder with the Fashion-MNIST files")
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default=DEVICE, help="auto: cuda, mps, cpu")
     p.add_argument("--seed", type=int, default=SEED, help="one seed for every random number generator")
     p.add_argument("--epochs", type=int, default=EPOCHS, help="most passes over the training split")
@@ -410,23 +417,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def prepare_out_dir(out: Path) -> Path:
-    """Fail at the start, not after an hour of training, if results cannot be written."""
-    out = out.expanduser().resolve()
+def prepare_out_dir(cfg) -> Path:
+    """This run's own folder: a new dated one under outputs/ (outputs/latest points to it), or
+    exactly --out. Fails at the start, not after an hour of training, if results cannot be
+    written or would overwrite another run's."""
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write_test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as err:
-        raise RunError(f"cannot write to output folder {out}: {err.strerror or err}. Choose another with --out.")
-    return out
-
-
-def write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(path)  # atomic: an interrupted write never leaves a half file
+        return make_run_dir(OUT_DIR, run_mode(cfg.quick, cfg.preflight), cfg.out,
+                            resume=getattr(cfg, "resume", None), overwrite=cfg.overwrite)
+    except RunFolderError as err:
+        raise RunError(str(err)) from None
 
 
 def device_name(device: torch.device) -> str:
@@ -455,7 +454,7 @@ class Run:
 def start_run(cfg, argv) -> Run:
     """Output folder, device and seed, and the header of results.json; exit 2 on a bad --out or --device."""
     try:
-        out = prepare_out_dir(cfg.out)
+        out = prepare_out_dir(cfg)
         device = pick_device(cfg.device)
     except RunError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -555,8 +554,8 @@ def train(run: Run, data: Data, model, optimizer) -> None:
             improved = val_acc > best_val_acc
             if improved:
                 best_val_acc, best_epoch = val_acc, epoch
-                torch.save({"model_state": model.state_dict(), "epoch": epoch, "val_accuracy": val_acc,
-                            "normalisation": {"mean": data.mean, "std": data.std}}, out / MODEL_FILE)
+                save_checkpoint({"model_state": model.state_dict(), "epoch": epoch, "val_accuracy": val_acc,
+                                 "normalisation": {"mean": data.mean, "std": data.std}}, out / MODEL_FILE)
             tqdm.write(f"epoch {epoch:>3}/{cfg.epochs}  train loss {train_loss:.4f} acc {train_acc:.2%}  "
                        f"val loss {val_loss:.4f} acc {val_acc:.2%}  {record['seconds']:.1f}s"
                        + ("  *best*" if improved else ""))
@@ -618,24 +617,25 @@ def main(argv=None) -> dict:
     """
     cfg = parse_args(argv)
     run = start_run(cfg, argv)
-    try:
-        data = load_data(cfg, run.device)
-    except DataNotFoundError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+    with stop_cleanly(run):  # Ctrl-C anywhere: exit 130, results.json says interrupted
+        try:
+            data = load_data(cfg, run.device)
+        except DataNotFoundError as err:
+            print(f"error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
 
-    model = SmallCNN().to(run.device)
-    optimizer = make_optimizer(model, cfg)
-    run.results["num_parameters"] = count_parameters(model)
-    print(f"\nSmallCNN: {run.results['num_parameters']:,} trainable parameters")
-    checks = checks_before_training(run, data)
-    if cfg.preflight:
-        return finish_preflight(run, checks)
+        model = SmallCNN().to(run.device)
+        optimizer = make_optimizer(model, cfg)
+        run.results["num_parameters"] = count_parameters(model)
+        print(f"\nSmallCNN: {run.results['num_parameters']:,} trainable parameters")
+        checks = checks_before_training(run, data)
+        if cfg.preflight:
+            return finish_preflight(run, checks)
 
-    train(run, data, model, optimizer)
-    finish(run, data, model, checks)
-    print_summary(run, checks)
-    return run.results
+        train(run, data, model, optimizer)
+        finish(run, data, model, checks)
+        print_summary(run, checks)
+        return run.results
 
 
 if __name__ == "__main__":

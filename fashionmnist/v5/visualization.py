@@ -11,6 +11,7 @@ import torch
 
 matplotlib.use("Agg")  # files only: runs on servers and in CI without a display
 import matplotlib.pyplot as plt  # noqa: E402
+from shared.runs import save_figure  # noqa: E402  (atomic: a file is whole or absent)
 
 
 def read_history(path: Path) -> list[dict]:
@@ -36,7 +37,7 @@ def plot_training_curves(history_path: Path, out_path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(out_path, dpi=120)
+    save_figure(fig, out_path, dpi=120)
     plt.close(fig)
 
 
@@ -63,7 +64,7 @@ def plot_batch(images, labels, classes, out_path: Path, count: int = 32, columns
     ax.axis("off")
     ax.set_title(f"First training batch: {tuple(images.shape[1:])} per image, values in [{low:.2f}, {high:.2f}]")
     fig.tight_layout()
-    fig.savefig(out_path, dpi=100)
+    save_figure(fig, out_path, dpi=100)
     plt.close(fig)
 
 
@@ -90,7 +91,7 @@ def plot_activation_statistics(series: dict[str, dict], out_path: Path) -> None:
     axes[2].legend(loc="upper right")
     fig.suptitle("Activation statistics on one training batch (train mode)")
     fig.tight_layout()
-    fig.savefig(out_path, dpi=100)
+    save_figure(fig, out_path, dpi=100)
     plt.close(fig)
 
 
@@ -115,7 +116,7 @@ def plot_lr_finder(details: dict, out_path: Path) -> None:
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out_path, dpi=100)
+    save_figure(fig, out_path, dpi=100)
     plt.close(fig)
 
 
@@ -133,5 +134,5 @@ def plot_lr_schedule(details: dict, out_path: Path) -> None:
                  f"peak {details['peak_lr']:.2g} at step {details['peak_step']}")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out_path, dpi=100)
+    save_figure(fig, out_path, dpi=100)
     plt.close(fig)

@@ -11,6 +11,7 @@ import torch
 
 matplotlib.use("Agg")  # files only: runs on servers and in CI without a display
 import matplotlib.pyplot as plt  # noqa: E402
+from shared.runs import save_figure  # noqa: E402  (atomic: a file is whole or absent)
 
 
 def read_history(path: Path) -> list[dict]:
@@ -36,7 +37,7 @@ def plot_training_curves(history_path: Path, out_path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(out_path, dpi=120)
+    save_figure(fig, out_path, dpi=120)
     plt.close(fig)
 
 
@@ -63,7 +64,7 @@ def plot_batch(images, labels, classes, out_path: Path, count: int = 32, columns
     ax.axis("off")
     ax.set_title(f"First training batch: {tuple(images.shape[1:])} per image, values in [{low:.2f}, {high:.2f}]")
     fig.tight_layout()
-    fig.savefig(out_path, dpi=100)
+    save_figure(fig, out_path, dpi=100)
     plt.close(fig)
 
 
@@ -90,7 +91,7 @@ def plot_activation_statistics(series: dict[str, dict], out_path: Path) -> None:
     axes[2].legend(loc="upper right")
     fig.suptitle("Activation statistics on one training batch (train mode)")
     fig.tight_layout()
-    fig.savefig(out_path, dpi=100)
+    save_figure(fig, out_path, dpi=100)
     plt.close(fig)
 
 
@@ -115,7 +116,7 @@ def plot_lr_finder(details: dict, out_path: Path) -> None:
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out_path, dpi=100)
+    save_figure(fig, out_path, dpi=100)
     plt.close(fig)
 
 
@@ -133,7 +134,7 @@ def plot_lr_schedule(details: dict, out_path: Path) -> None:
                  f"peak {details['peak_lr']:.2g} at step {details['peak_step']}")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out_path, dpi=100)
+    save_figure(fig, out_path, dpi=100)
     plt.close(fig)
 
 
@@ -155,7 +156,7 @@ def plot_mixed_batch(images, targets, classes, out_path: Path, count: int = 16, 
         ax.set_title("\n".join(f"{w:.2f} {classes[int(k)]}" for w, k in zip(weights, top)), fontsize=7)
     fig.suptitle("A mixed training batch and its soft labels (MixUp + label smoothing; each target sums to 1)")
     fig.tight_layout()
-    fig.savefig(out_path, dpi=100)
+    save_figure(fig, out_path, dpi=100)
     plt.close(fig)
 
 
@@ -172,7 +173,7 @@ def plot_gradient_flow(details: dict, out_path: Path) -> None:
            title="Gradient flow at init: RMS gradient of each block's parameters")
     ax.grid(alpha=0.3, axis="y", which="both")
     fig.tight_layout()
-    fig.savefig(out_path, dpi=100)
+    save_figure(fig, out_path, dpi=100)
     plt.close(fig)
 
 
@@ -197,7 +198,7 @@ def plot_confusion_matrix(confusion: list[list[int]], classes, out_path: Path) -
         ax.set_yticklabels(classes, fontsize=8)
         ax.set(xlabel="predicted class", ylabel="true class", title=title)
     fig.tight_layout()
-    fig.savefig(out_path, dpi=100)
+    save_figure(fig, out_path, dpi=100)
     plt.close(fig)
 
 
@@ -213,7 +214,7 @@ def plot_per_class_metrics(per_class: dict, classes, out_path: Path) -> None:
     ax.grid(alpha=0.3, axis="y")
     ax.legend(loc="lower right")
     fig.tight_layout()
-    fig.savefig(out_path, dpi=100)
+    save_figure(fig, out_path, dpi=100)
     plt.close(fig)
 
 
@@ -234,7 +235,7 @@ def plot_confident_mistakes(images, mistakes: list[dict], classes, out_path: Pat
     fig.suptitle(f"The {len(mistakes)} most confident mistakes on the test set" if mistakes
                  else "No mistakes on the test set")
     fig.tight_layout()
-    fig.savefig(out_path, dpi=100)
+    save_figure(fig, out_path, dpi=100)
     plt.close(fig)
 
 
@@ -256,7 +257,7 @@ def plot_reliability_diagram(calibration: dict, out_path: Path) -> None:
     ax_count.bar(centres, calibration["count"], 1 / bins, edgecolor="black")
     ax_count.set(xlim=(0, 1), xlabel="confidence (largest softmax probability)", ylabel="images", yscale="log")
     fig.tight_layout()
-    fig.savefig(out_path, dpi=100)
+    save_figure(fig, out_path, dpi=100)
     plt.close(fig)
 
 
@@ -284,5 +285,5 @@ def plot_training_dynamics(history_path: Path, out_path: Path) -> None:
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out_path, dpi=100)
+    save_figure(fig, out_path, dpi=100)
     plt.close(fig)

@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only: runs on servers and in CI without a display
 import matplotlib.pyplot as plt  # noqa: E402
+from shared.runs import save_figure  # noqa: E402  (atomic: a file is whole or absent)
 
 
 def read_history(path: Path) -> list[dict]:
@@ -31,7 +32,7 @@ def plot_training_curves(history_path: Path, out_path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(out_path, dpi=120)
+    save_figure(fig, out_path, dpi=120)
     plt.close(fig)
 
 
@@ -48,7 +49,7 @@ def plot_samples_per_class(images, labels, classes, out_path: Path, per_class: i
         axes[row, 0].set_title(name, fontsize=8, loc="left")
     fig.suptitle("Training samples per class (raw pixels)")
     fig.tight_layout()
-    fig.savefig(out_path, dpi=100)
+    save_figure(fig, out_path, dpi=100)
     plt.close(fig)
 
 
@@ -61,7 +62,7 @@ def plot_class_means(images, labels, classes, out_path: Path) -> None:
         ax.axis("off")
     fig.suptitle("Per-class mean image")
     fig.tight_layout()
-    fig.savefig(out_path, dpi=100)
+    save_figure(fig, out_path, dpi=100)
     plt.close(fig)
 
 
@@ -71,5 +72,5 @@ def plot_pixel_histogram(images, out_path: Path) -> None:
     ax.hist(images.flatten().numpy(), bins=64, color="steelblue", log=True)
     ax.set(xlabel="pixel value (uint8)", ylabel="count (log)", title="Pixel histogram, training set")
     fig.tight_layout()
-    fig.savefig(out_path, dpi=100)
+    save_figure(fig, out_path, dpi=100)
     plt.close(fig)

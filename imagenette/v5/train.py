@@ -40,9 +40,13 @@ from tqdm import tqdm
 VERSION_DIR = Path(__file__).resolve().parent
 REPO_ROOT = VERSION_DIR.parents[1]
 if str(REPO_ROOT) not in sys.path:
-    sys.path.append(str(REPO_ROOT))  # for shared/ (data location only)
+    sys.path.append(str(REPO_ROOT))  # for shared/ (data location, run folders)
 
 from shared.data import DataNotFoundError  # noqa: E402
+from shared.runs import (  # noqa: E402
+    RunFolderError, existing_dir, make_run_dir, run_mode,
+    save_checkpoint, stop_cleanly, write_json,
+)
 from shared.imagenette import load_imagenette  # noqa: E402
 
 from debug_tools import (  # noqa: E402
@@ -93,7 +97,7 @@ LABEL_SMOOTHING = 0.1  # 0.9 of the target on the right class, 0.1 spread evenly
 LOSS_AT_INIT_TOLERANCE = 0.3  # |loss at init - ln 10|: a default-initialised net lands within ~0.1
 DEVICE = "auto"  # cuda, then mps, then cpu
 DATA_DIR = None  # None: look in $DATA_DIR, data/, then download (shared/imagenette.py)
-OUT_DIR = VERSION_DIR / "outputs"  # plots, results.json, history.jsonl, checkpoint
+OUT_DIR = VERSION_DIR / "outputs"  # every run: a new dated folder in here; outputs/latest: the newest
 TRAIN_FRACTION = 0.4  # the seeds train on a stratified 40% of train/: a small-data regime on purpose
 VAL_FRACTION = 0.15  # of that subset, held out for decisions: 568 images, standard error ~2 points
 SUBSET_SEED = 0  # fixed apart from --seed: every run and version sees the same images
@@ -501,8 +505,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny subset and 1 epoch: every code path in seconds")
     p.add_argument("--preflight", action="store_true", help="run only the checks; exit code 1 if one fails")
-    p.add_argument("--out", type=Path, default=OUT_DIR, help="plots, results.json, history.jsonl, checkpoint")
-    p.add_argument("--data-dir", type=Path, default=DATA_DIR, help="folder with train/<wnid>/ and val/<wnid>/")
+    p.add_argument("--out", type=Path, default=None,
+                   help="exactly this folder (default: a new dated folder under outputs/)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="let --out reuse a folder that already holds a run's results")
+    p.add_argument("--data-dir", type=existing_dir, default=DATA_DIR, help="folder with train/<wnid>/ and val/<wnid>/")
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default=DEVICE, help="auto: cuda, mps, cpu")
     p.add_argument("--seed", type=int, default=SEED, help="one seed for every random number generator")
     p.add_argument("--epochs", type=int, default=EPOCHS, help="passes over the training set")
@@ -557,23 +564,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def prepare_out_dir(out: Path) -> Path:
-    """Fail at the start, not after an hour of training, if results cannot be written."""
-    out = out.expanduser().resolve()
+def prepare_out_dir(cfg) -> Path:
+    """This run's own folder: a new dated one under outputs/ (outputs/latest points to it), or
+    exactly --out. Fails at the start, not after an hour of training, if results cannot be
+    written or would overwrite another run's."""
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write_test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as err:
-        raise RunError(f"cannot write to output folder {out}: {err.strerror or err}. Choose another with --out.")
-    return out
-
-
-def write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(path)  # atomic: an interrupted write never leaves a half file
+        return make_run_dir(OUT_DIR, run_mode(cfg.quick, cfg.preflight), cfg.out,
+                            resume=getattr(cfg, "resume", None), overwrite=cfg.overwrite)
+    except RunFolderError as err:
+        raise RunError(str(err)) from None
 
 
 def device_name(device: torch.device) -> str:
@@ -603,7 +602,7 @@ class Run:
 def start_run(cfg, argv) -> Run:
     """Output folder, device and seed, and the header of results.json; exit 2 on a bad --out or --device."""
     try:
-        out = prepare_out_dir(cfg.out)
+        out = prepare_out_dir(cfg)
         device = pick_device(cfg.device)
     except RunError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -736,14 +735,14 @@ def train(run: Run, data: Data, model, optimizer, scheduler) -> None:
                       "images_per_second": len(data.train_loader.labels) / train_seconds}
             with open(history_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
-            torch.save({"model_state": model.state_dict(), "epoch": epoch, "val_accuracy": val_acc,
-                        "normalisation": {"mean": data.normalisation["mean"], "std": data.normalisation["std"]}},
-                       out / MODEL_FILE)
+            save_checkpoint({"model_state": model.state_dict(), "epoch": epoch, "val_accuracy": val_acc,
+                             "normalisation": {"mean": data.normalisation["mean"], "std": data.normalisation["std"]}},
+                            out / MODEL_FILE)
             if val_acc > best_val_acc:  # strictly better: ties keep the earlier, shorter-trained epoch
                 best_epoch, best_val_acc = epoch, val_acc
-                torch.save({"model_state": model.state_dict(), "epoch": epoch, "val_accuracy": val_acc,
-                            "normalisation": {"mean": data.normalisation["mean"],
-                                              "std": data.normalisation["std"]}}, out / BEST_MODEL_FILE)
+                save_checkpoint({"model_state": model.state_dict(), "epoch": epoch, "val_accuracy": val_acc,
+                                 "normalisation": {"mean": data.normalisation["mean"],
+                                                   "std": data.normalisation["std"]}}, out / BEST_MODEL_FILE)
             tqdm.write(f"epoch {epoch:>3}/{cfg.epochs}  train loss {train_loss:.4f} acc {train_acc:.2%}  "
                        f"val loss {val_loss:.4f} acc {val_acc:.2%}{' *' if best_epoch == epoch else '  '} "
                        f"{record['seconds']:.1f}s ({record['images_per_second']:,.0f} img/s)")
@@ -827,33 +826,34 @@ def main(argv=None) -> dict:
     """
     cfg = parse_args(argv)
     run = start_run(cfg, argv)
-    try:
-        data = load_data(cfg, run.device)
-    except DataNotFoundError as err:  # missing data, or a corrupt image (the message names the file)
-        run.save(status="no data", error=str(err), exit_code=2)
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except KeyboardInterrupt:
-        run.save(status="interrupted", exit_code=130)
-        print("\nInterrupted while loading the data; images decoded so far are not cached.", file=sys.stderr)
-        raise SystemExit(130) from None
-    report_on_data(run, data)
+    with stop_cleanly(run):  # Ctrl-C anywhere: exit 130, results.json says interrupted
+        try:
+            data = load_data(cfg, run.device)
+        except DataNotFoundError as err:  # missing data, or a corrupt image (the message names the file)
+            run.save(status="no data", error=str(err), exit_code=2)
+            print(f"error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
+        except KeyboardInterrupt:
+            run.save(status="interrupted", exit_code=130)
+            print("\nInterrupted while loading the data; images decoded so far are not cached.", file=sys.stderr)
+            raise SystemExit(130) from None
+        report_on_data(run, data)
 
-    model = DeeperCNN(dropout=cfg.dropout).to(run.device)
-    optimizer, scheduler = make_optimizer(model, cfg, total_steps=cfg.epochs * len(data.train_loader))
-    run.results["num_parameters"] = count_parameters(model)
-    print(f"\nDeeperCNN: {run.results['num_parameters']:,} trainable parameters (the seed's: 3,080,674)")
-    checks = checks_before_training(run, data, model, optimizer, scheduler)
-    if cfg.preflight:
-        plot_activation_statistics({"at init": checks["activations_at_init"].details["layers"]},
-                                   run.out / "activation_statistics.png")
-        return finish_preflight(run, checks)
+        model = DeeperCNN(dropout=cfg.dropout).to(run.device)
+        optimizer, scheduler = make_optimizer(model, cfg, total_steps=cfg.epochs * len(data.train_loader))
+        run.results["num_parameters"] = count_parameters(model)
+        print(f"\nDeeperCNN: {run.results['num_parameters']:,} trainable parameters (the seed's: 3,080,674)")
+        checks = checks_before_training(run, data, model, optimizer, scheduler)
+        if cfg.preflight:
+            plot_activation_statistics({"at init": checks["activations_at_init"].details["layers"]},
+                                       run.out / "activation_statistics.png")
+            return finish_preflight(run, checks)
 
-    train(run, data, model, optimizer, scheduler)
-    analyse(run, model, checks)
-    finish(run, checks)
-    print_summary(run, checks)
-    return run.results
+        train(run, data, model, optimizer, scheduler)
+        analyse(run, model, checks)
+        finish(run, checks)
+        print_summary(run, checks)
+        return run.results
 
 
 if __name__ == "__main__":

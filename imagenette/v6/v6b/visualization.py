@@ -11,6 +11,7 @@ import torch
 
 matplotlib.use("Agg")  # files only: runs on servers and in CI without a display
 import matplotlib.pyplot as plt  # noqa: E402
+from shared.runs import save_figure  # noqa: E402  (atomic: a file is whole or absent)
 
 
 def read_history(path: Path) -> list[dict]:
@@ -33,7 +34,7 @@ def plot_training_curves(history_path: Path, out_path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(out_path, dpi=120)
+    save_figure(fig, out_path, dpi=120)
     plt.close(fig)
 
 
@@ -61,7 +62,7 @@ def plot_batch(images, labels, classes, out_path: Path, count: int = 24, columns
     stretched = "" if (low >= 0 and high <= 1) else " (stretched for display)"
     fig.suptitle(f"{title}: {tuple(images.shape[1:])} per image, values in [{low:.2f}, {high:.2f}]{stretched}")
     fig.tight_layout()
-    fig.savefig(out_path, dpi=90)
+    save_figure(fig, out_path, dpi=90)
     plt.close(fig)
 
 
@@ -78,7 +79,7 @@ def plot_class_balance(details: dict, classes: list[str], out_path: Path) -> Non
     ax.legend()
     ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
-    fig.savefig(out_path, dpi=120)
+    save_figure(fig, out_path, dpi=120)
     plt.close(fig)
 
 
@@ -104,7 +105,7 @@ def plot_augmented_batch(plain, draws, labels, classes, normalisation: dict, out
         axes[r][0].set_ylabel("as stored" if r == 0 else f"draw {r}", fontsize=8)
     fig.suptitle("Training augmentation: RandomResizedCrop and flip (rows 2-4), normalisation undone for display")
     fig.tight_layout()
-    fig.savefig(out_path, dpi=90)
+    save_figure(fig, out_path, dpi=90)
     plt.close(fig)
 
 
@@ -131,7 +132,7 @@ def plot_activation_statistics(series: dict[str, dict], out_path: Path) -> None:
     axes[2].legend(loc="upper right")
     fig.suptitle("Activation statistics on one training batch (train mode)")
     fig.tight_layout()
-    fig.savefig(out_path, dpi=100)
+    save_figure(fig, out_path, dpi=100)
     plt.close(fig)
 
 
@@ -149,7 +150,7 @@ def plot_lr_schedule(details: dict, out_path: Path) -> None:
                  f"peak {details['peak_lr']:.2g} at step {details['peak_step']}")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out_path, dpi=100)
+    save_figure(fig, out_path, dpi=100)
     plt.close(fig)
 
 
@@ -167,7 +168,7 @@ def plot_gradient_flow(details: dict, out_path: Path) -> None:
     ax.set(ylabel="||grad|| / ||weights||", title="Gradient flow at init: relative gradient of every block")
     ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
-    fig.savefig(out_path, dpi=100)
+    save_figure(fig, out_path, dpi=100)
     plt.close(fig)
 
 
@@ -187,5 +188,5 @@ def plot_gradient_norms(history_path: Path, out_path: Path, first_epochs: int = 
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(out_path, dpi=100)
+    save_figure(fig, out_path, dpi=100)
     plt.close(fig)
