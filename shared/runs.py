@@ -77,7 +77,7 @@ def make_run_dir(outputs: Path, mode: str, out: Path | None = None, *, resume: b
         else:
             folder = Path(out).expanduser().resolve()
             if folder.exists() and not folder.is_dir():
-                raise RunFolderError(f"--out {folder} is a file, not a folder")
+                raise RunFolderError(f"cannot write to output folder {folder}: it is a file. Choose another with --out.")
             if _holds_results(folder) and not (resume or overwrite):
                 raise RunFolderError(
                     f"{folder} already holds a run's results ({RESULTS_FILE}); this run would overwrite them. "

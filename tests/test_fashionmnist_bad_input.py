@@ -60,7 +60,9 @@ def test_missing_data_exits_2_saying_where_it_looked(version, no_data_anywhere, 
     assert "skipped because DATA_OFFLINE is set" in err
     assert "apt-get install dataset-fashion-mnist" in err and "--data-dir" in err  # how to get it
     assert "Traceback" not in err
-    assert not (tmp_path / "out" / "results.json").exists()
+    results = json.loads((tmp_path / "out" / "results.json").read_text())  # the run folder says why it stopped
+    assert results["status"] == "failed" and results["exit_code"] == 2
+    assert results["complete_files"] == ["results.json"]
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -70,8 +72,9 @@ def test_empty_explicit_data_dir_exits_2(version, no_data_anywhere, tmp_path, ca
     empty.mkdir()
     assert run_main(train, quick_args(tmp_path / "out", empty) + FAST[version]) == 2
     err = capsys.readouterr().err
-    assert f"--data-dir: {empty}" in err
+    assert f"no Fashion-MNIST files in {empty}" in err
     assert "repository cache" not in err  # an explicit --data-dir is the only place looked at
+    assert list(empty.iterdir()) == []  # nothing downloaded or unpacked into the user's folder
     assert "Traceback" not in err
 
 
@@ -111,7 +114,7 @@ def test_unwritable_out_exits_2(version, where, tmp_path, capsys):
     blocker = tmp_path / "not_a_folder"
     blocker.write_text("a regular file")
     out = blocker / "out" if where == "under_a_file" else blocker
-    assert run_main(train, quick_args(out, "unused")) == 2
+    assert run_main(train, quick_args(out, tmp_path)) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: cannot write to output folder {out}")
     assert "Choose another with --out" in err and "Traceback" not in err

@@ -108,6 +108,9 @@ BASELINE_STEPS = 300  # steps for each of the two models of the input-independen
 OVERFIT_STEPS = 300  # a correct MyNN memorises 8 images in well under 300 Adam steps
 OVERFIT_MAX_LOSS = 0.05  # "loss near zero": softmax-before-loss bugs plateau at ~1.46
 MAX_TRAIN_TEST_GAP = 0.05  # train - test accuracy above 5 points is strong overfitting
+# MyNN without augmentation overfits by design: 5.1 to 6.9 points in every run we made (FAZIT.md).
+# A gap up to this is that design, reported as an expected failure; above it, look for a bug.
+EXPECTED_TRAIN_TEST_GAP = 0.08
 FIXED_BATCH_SIZE = 16  # validation images whose predictions are tracked every epoch (step 8)
 
 # --quick: a few hundred samples and one epoch, so every code path runs in seconds on a CPU.
@@ -418,6 +421,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--overfit-max-loss", type=float, default=OVERFIT_MAX_LOSS, help="'memorised': loss at most this")
     p.add_argument("--max-train-test-gap", type=float, default=MAX_TRAIN_TEST_GAP,
                    help="train - test accuracy above this is strong overfitting")
+    p.add_argument("--expected-train-test-gap", type=float, default=EXPECTED_TRAIN_TEST_GAP,
+                   help="a gap up to this is MyNN's by design: reported as an expected failure")
     args = p.parse_args(argv)
     if not args.diverged_loss > 0:
         p.error("--diverged-loss must be > 0 (inf switches the explosion stop off; NaN always stops)")
@@ -662,6 +667,10 @@ def analyse(run: Run, data: Data, model, checks: dict) -> None:
     print_detailed_metrics(train_metrics, "Train", classes)
     print_detailed_metrics(test_metrics, "Test", classes)
     checks["train_test_gap"] = compare_train_test_metrics(train_metrics, test_metrics, run.cfg.max_train_test_gap)
+    if not checks["train_test_gap"].passed and checks["train_test_gap"].value <= run.cfg.expected_train_test_gap:
+        checks["train_test_gap"].expected = (
+            f"MyNN without augmentation overfits by design (5.1-6.9 points in our runs); a gap up to "
+            f"{run.cfg.expected_train_test_gap:.0%} is that, not a bug. Recipe step 4 (regularize) closes it.")
     plot_confusion_matrix(test_metrics["confusion_matrix"], classes, out / "confusion_matrix.png")
     plot_train_vs_test(train_metrics, test_metrics, classes, out / "train_vs_test_comparison.png")
     plot_misclassifications(data.test_set.images, test_metrics["most_confident_mistakes"], classes,

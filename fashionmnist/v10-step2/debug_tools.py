@@ -50,14 +50,19 @@ class CheckResult:
     hint: str  # what to look at when the check fails
     details: dict = field(default_factory=dict)
     seconds: float = 0.0
+    # Why this check fails in a healthy run by design ("" for the checks that must pass): such a
+    # failure is reported, marked "expected" with its reason, and does not count as a bug.
+    expected: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def report(self) -> str:
-        mark = "PASS" if self.passed else "FAIL"
+        mark = "PASS" if self.passed else ("FAIL (expected)" if self.expected else "FAIL")
         line = f"[{mark}] {self.name}: value={_fmt(self.value)} ({self.criterion})"
-        return line if self.passed else f"{line}\n       hint: {self.hint}"
+        if self.passed:
+            return line
+        return f"{line}\n       hint: {self.hint}" + (f"\n       expected: {self.expected}" if self.expected else "")
 
 
 def _fmt(value) -> str:
@@ -71,10 +76,15 @@ def print_check_summary(checks: dict[str, CheckResult]) -> None:
     print("=" * 78)
     print(f"{'check':<36}{'verdict':<9}{'value':>12}  {'threshold':>10}  {'time':>7}")
     for name, check in checks.items():
-        verdict = "PASS" if check.passed else "FAIL"
+        verdict = "PASS" if check.passed else ("FAIL*" if check.expected else "FAIL")
         print(f"{name:<36}{verdict:<9}{_fmt(check.value):>12}  {_fmt(check.threshold):>10}  {check.seconds:6.2f}s")
-    failed = [name for name, check in checks.items() if not check.passed]
-    print(f"{len(checks) - len(failed)}/{len(checks)} passed" + (f"; FAILED: {', '.join(failed)}" if failed else ""))
+    failed = [name for name, check in checks.items() if not check.passed and not check.expected]
+    expected = [name for name, check in checks.items() if not check.passed and check.expected]
+    passed = len(checks) - len(failed) - len(expected)
+    print(f"{passed}/{len(checks)} passed" + (f"; FAILED: {', '.join(failed)}" if failed else "")
+          + (f"; failed as expected (*): {', '.join(expected)}" if expected else ""))
+    for name in expected:
+        print(f"  * {name}: {checks[name].expected}")
 
 
 @contextlib.contextmanager
@@ -425,9 +435,15 @@ def visualize_input_before_net(train_loader, out_dir: Path = Path("outputs"), nu
     if images.dtype != torch.float32:
         problems.append(f"dtype {images.dtype} is not float32")
     if stats["min"] < 0.0 or stats["max"] > 1.0:
-        problems.append(f"pixel range [{stats['min']:.3f}, {stats['max']:.3f}] is not inside [0, 1]")
-    if not 0.05 <= stats["mean"] <= 0.6 or stats["std"] < 0.05:
-        problems.append(f"mean {stats['mean']:.3f} / std {stats['std']:.3f} look like blank or constant images")
+        scale = " (values up to 255: not divided by 255?)" if stats["max"] > 1.5 else ""
+        problems.append(f"pixel range [{stats['min']:.3f}, {stats['max']:.3f}] is not inside [0, 1]{scale}")
+    # Judged only on [0, 1] inputs: for pixels in [0, 255] a mean of 74 says "wrong scale" (above), not "blank".
+    elif stats["std"] < 0.05:
+        problems.append(f"std {stats['std']:.3f} < 0.05: nearly constant images (blank, or one value everywhere)")
+    elif stats["mean"] < 0.05:
+        problems.append(f"mean {stats['mean']:.3f} < 0.05: nearly black images (Fashion-MNIST's mean is ~0.29)")
+    elif stats["mean"] > 0.6:
+        problems.append(f"mean {stats['mean']:.3f} > 0.6: too bright, inverted images? (Fashion-MNIST's is ~0.29)")
     print(f"Input batch: shape {stats['shape']}, {stats['dtype']}, min {stats['min']:.3f}, max {stats['max']:.3f}, "
           f"mean {stats['mean']:.4f}, std {stats['std']:.4f}")
     plot_input_visualization(images[:num_images].detach().cpu(), labels[:num_images].cpu(),

@@ -38,9 +38,13 @@ from tqdm import tqdm
 VERSION_DIR = Path(__file__).resolve().parent
 REPO_ROOT = VERSION_DIR.parents[1]
 if str(REPO_ROOT) not in sys.path:
-    sys.path.append(str(REPO_ROOT))  # for shared/ (data location only)
+    sys.path.append(str(REPO_ROOT))  # for shared/ (data location, run folders)
 
 from shared.data import DataNotFoundError, fashion_mnist_root  # noqa: E402
+from shared.runs import (  # noqa: E402
+    RunFolderError, existing_dir, make_run_dir, run_mode,
+    save_checkpoint, stop_cleanly, write_json,
+)
 
 from debug_tools import (  # noqa: E402
     PredictionDynamicsTracker,
@@ -86,7 +90,7 @@ WEIGHT_DECAY = 0.0  # AdamW's decoupled weight decay; 0 is plain Adam
 VAL_SIZE = 5000  # held out of the 60,000 training images to pick the best epoch; the test set stays untouched
 DEVICE = "auto"  # cuda, then mps, then cpu
 DATA_DIR = None  # None: look in $DATA_DIR, data/, the Debian package, then download (shared/data.py)
-OUT_DIR = VERSION_DIR / "outputs"  # plots, results.json, history.jsonl, best model
+OUT_DIR = VERSION_DIR / "outputs"  # every run: a new dated folder in here; outputs/latest: the newest
 LOSS_AT_INIT_TOLERANCE = 0.3  # |loss - ln(10)| allowed at init; beyond it the init (or the loss) is wrong
 # A loss above this (10x the 2.30 at init: the right class gets probability < e^-25) stops
 # training as diverged, like NaN does: a huge learning rate often explodes the loss to 1e29
@@ -104,6 +108,9 @@ BASELINE_STEPS = 300  # steps for each of the two models of the input-independen
 OVERFIT_STEPS = 300  # a correct MyNN memorises 8 images in well under 300 Adam steps
 OVERFIT_MAX_LOSS = 0.05  # "loss near zero": softmax-before-loss bugs plateau at ~1.46
 MAX_TRAIN_TEST_GAP = 0.05  # train - test accuracy above 5 points is strong overfitting
+# MyNN without augmentation overfits by design: 5.1 to 6.9 points in every run we made (FAZIT.md).
+# A gap up to this is that design, reported as an expected failure; above it, look for a bug.
+EXPECTED_TRAIN_TEST_GAP = 0.08
 FIXED_BATCH_SIZE = 16  # validation images whose predictions are tracked every epoch (step 8)
 
 # --quick: a few hundred samples and one epoch, so every code path runs in seconds on a CPU.
@@ -381,8 +388,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny subset and 1 epoch: every code path in seconds")
     p.add_argument("--preflight", action="store_true", help="run only the checks; exit code 1 if one fails")
-    p.add_argument("--out", type=Path, default=OUT_DIR, help="plots, results.json, history.jsonl, best model")
-    p.add_argument("--data-dir", type=Path, default=DATA_DIR, help="folder with the Fashion-MNIST files")
+    p.add_argument("--out", type=Path, default=None,
+                   help="exactly this folder (default: a new dated folder under outputs/)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="let --out reuse a folder that already holds a run's results")
+    p.add_argument("--data-dir", type=existing_dir, default=DATA_DIR, help="folder with the Fashion-MNIST files")
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default=DEVICE, help="auto: cuda, mps, cpu")
     p.add_argument("--seed", type=int, default=SEED, help="one seed for every random number generator")
     p.add_argument("--epochs", type=int, default=EPOCHS, help="passes over the training split")
@@ -410,6 +420,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--overfit-max-loss", type=float, default=OVERFIT_MAX_LOSS, help="'memorised': loss at most this")
     p.add_argument("--max-train-test-gap", type=float, default=MAX_TRAIN_TEST_GAP,
                    help="train - test accuracy above this is strong overfitting")
+    p.add_argument("--expected-train-test-gap", type=float, default=EXPECTED_TRAIN_TEST_GAP,
+                   help="a gap up to this is MyNN's by design: reported as an expected failure")
     args = p.parse_args(argv)
     if not args.diverged_loss > 0:
         p.error("--diverged-loss must be > 0 (inf switches the explosion stop off; NaN always stops)")
@@ -425,23 +437,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def prepare_out_dir(out: Path) -> Path:
-    """Fail at the start, not after an hour of training, if results cannot be written."""
-    out = out.expanduser().resolve()
+def prepare_out_dir(cfg) -> Path:
+    """This run's own folder: a new dated one under outputs/ (outputs/latest points to it), or
+    exactly --out. Fails at the start, not after an hour of training, if results cannot be
+    written or would overwrite another run's."""
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write_test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as err:
-        raise RunError(f"cannot write to output folder {out}: {err.strerror or err}. Choose another with --out.")
-    return out
-
-
-def write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(path)  # atomic: an interrupted write never leaves a half file
+        return make_run_dir(OUT_DIR, run_mode(cfg.quick, cfg.preflight), cfg.out,
+                            resume=getattr(cfg, "resume", None), overwrite=cfg.overwrite)
+    except RunFolderError as err:
+        raise RunError(str(err)) from None
 
 
 def device_name(device: torch.device) -> str:
@@ -480,7 +484,7 @@ class Data:
 def start_run(cfg, argv) -> Run:
     """Output folder, device and seed, and the header of results.json; exit 2 on a bad --out or --device."""
     try:
-        out = prepare_out_dir(cfg.out)
+        out = prepare_out_dir(cfg)
         device = pick_device(cfg.device)
     except RunError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -623,8 +627,8 @@ def train(run: Run, data: Data, model, optimizer, scheduler) -> None:
             improved = val_acc > best_val_acc
             if improved:
                 best_val_acc, best_epoch = val_acc, epoch
-                torch.save({"model_state": model.state_dict(), "epoch": epoch, "val_accuracy": val_acc},
-                           out / MODEL_FILE)
+                save_checkpoint({"model_state": model.state_dict(), "epoch": epoch, "val_accuracy": val_acc},
+                                out / MODEL_FILE)
             tqdm.write(f"epoch {epoch:>3}/{cfg.epochs}  train loss {train_loss:.4f} acc {train_acc:.2%}  "
                        f"val loss {val_loss:.4f} acc {val_acc:.2%}  {record['seconds']:.1f}s"
                        + ("  *best*" if improved else ""))
@@ -662,6 +666,10 @@ def analyse(run: Run, data: Data, model, checks: dict) -> None:
     print_detailed_metrics(train_metrics, "Train", classes)
     print_detailed_metrics(test_metrics, "Test", classes)
     checks["train_test_gap"] = compare_train_test_metrics(train_metrics, test_metrics, run.cfg.max_train_test_gap)
+    if not checks["train_test_gap"].passed and checks["train_test_gap"].value <= run.cfg.expected_train_test_gap:
+        checks["train_test_gap"].expected = (
+            f"MyNN without augmentation overfits by design (5.1-6.9 points in our runs); a gap up to "
+            f"{run.cfg.expected_train_test_gap:.0%} is that, not a bug. Recipe step 4 (regularize) closes it.")
     plot_confusion_matrix(test_metrics["confusion_matrix"], classes, out / "confusion_matrix.png")
     plot_train_vs_test(train_metrics, test_metrics, classes, out / "train_vs_test_comparison.png")
     plot_misclassifications(data.test_set.images, test_metrics["most_confident_mistakes"], classes,
@@ -712,21 +720,22 @@ def main(argv=None) -> dict:
     """
     cfg = parse_args(argv)
     run = start_run(cfg, argv)
-    raw, data = load_data(run)
-    report_on_data(run, raw)
+    with stop_cleanly(run):  # Ctrl-C anywhere: exit 130, results.json says interrupted
+        raw, data = load_data(run)
+        report_on_data(run, raw)
 
-    model = MyNN(dropout=cfg.dropout).to(run.device)
-    optimizer, scheduler = make_optimizer(model, cfg, total_steps=cfg.epochs * len(data.train_loader))
-    run.results["num_parameters"] = count_parameters(model)
-    print(f"\nMyNN: {run.results['num_parameters']:,} trainable parameters")
-    checks = checks_before_training(run, data, model, optimizer)
-    if cfg.preflight:
-        return finish_preflight(run, checks)
+        model = MyNN(dropout=cfg.dropout).to(run.device)
+        optimizer, scheduler = make_optimizer(model, cfg, total_steps=cfg.epochs * len(data.train_loader))
+        run.results["num_parameters"] = count_parameters(model)
+        print(f"\nMyNN: {run.results['num_parameters']:,} trainable parameters")
+        checks = checks_before_training(run, data, model, optimizer)
+        if cfg.preflight:
+            return finish_preflight(run, checks)
 
-    train(run, data, model, optimizer, scheduler)
-    analyse(run, data, model, checks)
-    print_summary(run, checks)
-    return run.results
+        train(run, data, model, optimizer, scheduler)
+        analyse(run, data, model, checks)
+        print_summary(run, checks)
+        return run.results
 
 
 if __name__ == "__main__":
