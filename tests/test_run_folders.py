@@ -291,3 +291,38 @@ def test_v10_sigint_from_outside_exits_130_and_keeps_earlier_runs(phase, marker,
     if phase == "training":
         assert "history.jsonl" in results["complete_files"]
     assert _snapshot(earlier_folder) == before
+
+
+# ---------------------------------------------------------------------------
+# Tools that read runs take a run folder, outputs/ and outputs/latest
+# ---------------------------------------------------------------------------
+def _fake_runs(outputs: Path, accuracies: list[float]) -> list[Path]:
+    folders = []
+    for seed, accuracy in enumerate(accuracies):
+        folder = runs.make_run_dir(outputs, "full", now=datetime(2026, 12, 4, 12, 0, seed))
+        runs.write_json(folder / "results.json", {
+            "version": "fashionmnist/v8", "status": "completed", "seed": seed, "test_accuracy": accuracy,
+            "config": {"seed": seed, "lr": 0.001, "out": None}})
+        (folder / "history.jsonl").write_text(json.dumps({"epoch": 1, "val_accuracy": accuracy}) + "\n")
+        folders.append(folder)
+    return folders
+
+
+def test_compare_runs_reads_run_folders_and_latest_once(tmp_path):
+    compare_runs = load_version("fashionmnist/v8", "compare_runs")
+    outputs = tmp_path / "outputs"
+    folders = _fake_runs(outputs, [0.90, 0.92])
+    loaded, skipped = compare_runs.load([*outputs.iterdir()])  # both runs and latest: the newest only once
+    assert sorted(r["test_accuracy"] for r in loaded) == [0.90, 0.92] and skipped == []
+    loaded, _ = compare_runs.load([outputs / "latest", folders[0] / "results.json"])
+    assert sorted(r["test_accuracy"] for r in loaded) == [0.90, 0.92]
+    loaded, _ = compare_runs.load([outputs])  # a version's outputs/: its newest run
+    assert [r["test_accuracy"] for r in loaded] == [0.92]
+
+
+def test_compare_ab_counts_the_latest_run_once(tmp_path):
+    compare_ab = load_version("imagenette/v6", "compare_ab")
+    outputs = tmp_path / "outputs"
+    _fake_runs(outputs, [0.80, 0.82, 0.84])
+    assert sorted(r["test_accuracy"] for r, _ in compare_ab.load_runs(outputs)) == [0.80, 0.82, 0.84]
+    assert [r["test_accuracy"] for r, _ in compare_ab.load_runs(outputs / "latest")] == [0.84]

@@ -1,7 +1,11 @@
 """Put several runs side by side: one row per group of runs, mean +- std over their seeds.
 
-    python compare_runs.py outputs/seed*/results.json
+    python compare_runs.py outputs/*/results.json
+    python compare_runs.py outputs/latest ../v6/outputs/2026-12-04_14-03-11-full
     python compare_runs.py ../v6/runs/*/results.json ../v8/runs/*/results.json
+
+Each argument is a results.json, a run folder, outputs/latest, or a version's outputs/
+(its newest run).
 
 Runs are grouped by version and by every setting that differs between the files, except
 the ones that are meant to differ between repetitions (seed, output folder, data folder,
@@ -17,6 +21,12 @@ import json
 import math
 import sys
 from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.append(str(REPO_ROOT))  # for shared/ (run folders)
+
+from shared.runs import RunFolderError, resolve_run_dir  # noqa: E402
 
 REPETITION_KEYS = {"seed", "out", "data_dir", "device"}  # differ between repetitions of the same experiment
 # (results.json key, column title, scale, decimals, unit)
@@ -39,11 +49,15 @@ def value_of(results: dict, key: str):
 
 
 def load(paths: list[Path]) -> tuple[list[dict], list[str]]:
-    runs, skipped = [], []
+    runs, skipped, seen = [], [], set()
     for path in paths:
         try:
+            path = resolve_run_dir(path) / "results.json"  # a run folder, outputs/latest, or the file itself
+            if path in seen:  # outputs/* names the newest run twice: as itself and as latest
+                continue
+            seen.add(path)
             results = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as err:
+        except (OSError, json.JSONDecodeError, RunFolderError) as err:
             raise SystemExit(f"error: cannot read {path}: {err}") from None
         if results.get("status") != "completed":
             skipped.append(f"{path}: status {results.get('status')!r}")

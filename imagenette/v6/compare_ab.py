@@ -4,7 +4,8 @@
 
 RUNS_A and RUNS_B are folders that hold one run per seed (any `*/results.json` below
 them, with its `history.jsonl` beside it), e.g. the `--out` folders of
-`python v6a/train.py --seed N --out runs/v6a/seedN`. For every metric the script
+`python v6a/train.py --seed N --out runs/v6a/seedN`, or a version's `outputs/` (every run in
+it, counted once although outputs/latest names the newest again). For every metric the script
 prints each side's mean ± std over seeds, the difference A − B with a 95%
 confidence interval, and a verdict:
 
@@ -59,7 +60,8 @@ def _epoch(history: list[dict], epoch: int, key: str):
 def load_runs(folder: Path) -> list[tuple[dict, list[dict]]]:
     """(results, history) of every completed run below `folder`, in path order."""
     runs = []
-    for results_path in sorted(Path(folder).rglob("results.json")):
+    # resolve(): a run folder, outputs/ or outputs/latest; outputs/latest is the newest run again, counted once
+    for results_path in sorted({p.resolve() for p in Path(folder).rglob("results.json")}):
         results = json.loads(results_path.read_text())
         if results.get("status") != "completed":
             continue

@@ -68,7 +68,8 @@ def main(argv=None) -> int:
     groups = {}
     for spec in args.groups:
         name, sep, pattern = spec.partition("=")
-        folders = sorted(Path(f) for f in glob.glob(pattern) if (Path(f) / "results.json").is_file())
+        # resolve(): outputs/* matches the newest run twice (as itself and as outputs/latest); count it once
+        folders = sorted({Path(f).resolve() for f in glob.glob(pattern) if (Path(f) / "results.json").is_file()})
         if not sep or not folders:
             p.error(f"{spec!r}: expected NAME=GLOB matching folders with results.json")
         groups[name] = folders
