@@ -4,6 +4,7 @@ disagrees with the numbers."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import matplotlib
@@ -11,6 +12,7 @@ import torch
 
 matplotlib.use("Agg")  # files only: runs on servers and in CI without a display
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from shared.runs import save_figure  # noqa: E402  (atomic: a file is whole or absent)
 
 
@@ -33,6 +35,7 @@ def plot_training_curves(history_path: Path, out_path: Path) -> None:
     ax_acc.plot(epochs, [100 * h["val_accuracy"] for h in history], "s-", label="validation")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
     for ax in (ax_loss, ax_acc):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # whole epochs: no tick at 2.5
         ax.axvline(best, color="gray", linestyle="--", label=f"best epoch ({best})")
         ax.grid(alpha=0.3)
         ax.legend()
@@ -218,6 +221,15 @@ def plot_per_class_metrics(per_class: dict, classes, out_path: Path) -> None:
     plt.close(fig)
 
 
+def confidence_text(p: float) -> str:
+    """A softmax probability with the digits that rank two confident mistakes: 0.1261, 0.99987,
+    0.99999910 (as percentages without decimals: 13%, 100%, 100%). Near 1 the decimals grow with
+    the nines, so the distance to 1 keeps two significant digits."""
+    if p >= 1:  # float32 softmax rounds a margin of more than ~17 logits to exactly 1
+        return "p = 1 (float32)"
+    return f"p = {p:.{max(4, math.floor(-math.log10(1 - p)) + 2)}f}"
+
+
 def plot_confident_mistakes(images, mistakes: list[dict], classes, out_path: Path, columns: int = 8) -> None:
     """The most confident wrong predictions, most confident first: each image with its true
     class, the predicted one and the confidence the model put on it."""
@@ -231,7 +243,7 @@ def plot_confident_mistakes(images, mistakes: list[dict], classes, out_path: Pat
         ax.imshow(image.reshape(-1, image.shape[-1]).numpy(), cmap="gray", vmin=low, vmax=high,
                   interpolation="nearest")
         ax.set_title(f"true: {classes[mistake['label']]}\nsaid: {classes[mistake['predicted']]}\n"
-                     f"p = {mistake['confidence']:.2f}", fontsize=7)
+                     f"{confidence_text(mistake['confidence'])}", fontsize=7)
     fig.suptitle(f"The {len(mistakes)} most confident mistakes on the test set" if mistakes
                  else "No mistakes on the test set")
     fig.tight_layout()
@@ -282,6 +294,7 @@ def plot_training_dynamics(history_path: Path, out_path: Path) -> None:
     ax_ratio.set(xlabel="epoch", ylabel="||update|| / ||weights|| per step", yscale="log",
                  title="Update-to-weight ratio per layer group")
     for ax in (ax_lr, ax_grad, ax_ratio):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # whole epochs: no tick at 2.5
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
     fig.tight_layout()

@@ -11,6 +11,7 @@ import torch
 
 matplotlib.use("Agg")  # files only: runs on servers and in CI without a display
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from shared.runs import save_figure  # noqa: E402  (atomic: a file is whole or absent)
 
 
@@ -31,6 +32,7 @@ def plot_training_curves(history_path: Path, out_path: Path) -> None:
     ax_acc.plot(epochs, [100 * h["val_accuracy"] for h in history], "s-", label="validation")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
     for ax in (ax_loss, ax_acc):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # whole epochs: no tick at 2.5
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
