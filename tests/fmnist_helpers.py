@@ -26,7 +26,7 @@ NUM_PARAMETERS = 429_450  # MyNN: conv 320 + 18,496, BN 64 + 128, FC 401,536 + 8
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 GENERATED_TRAIN, GENERATED_TEST = 800, 256  # quick mode takes 256 validation + 512 training images
 
-CHECK_KEYS = {"name", "passed", "value", "threshold", "criterion", "hint", "details", "seconds"}
+CHECK_KEYS = {"name", "passed", "value", "threshold", "criterion", "hint", "details", "seconds", "expected"}
 RESULT_KEYS = {"version", "status", "command", "date", "config", "seed", "device", "torch_version", "checks",
                "checks_time_s", "all_checks_passed", "num_parameters", "data_report", "exit_code",
                "best_epoch", "best_val_accuracy", "test_loss", "test_accuracy", "wall_time_s", "train_time_s"}

@@ -353,6 +353,18 @@ def test_input_before_net(v10, tmp_path):
     unscaled = debug_tools.visualize_input_before_net(MappedLoader(loader, lambda x: x * 255), out_dir=tmp_path)
     assert not unscaled.passed
     assert unscaled.value > 1 and any("not inside [0, 1]" in p for p in unscaled.details["problems"])
+    # Each message names the problem it saw and no other: [0, 255] pixels are a scale bug, not blank images.
+    assert len(unscaled.details["problems"]) == 1 and "divided by 255" in unscaled.details["problems"][0]
+    assert "blank" not in unscaled.report() and "constant" not in unscaled.report()
+
+    blank = debug_tools.visualize_input_before_net(MappedLoader(loader, lambda x: x * 0 + 0.3), out_dir=tmp_path)
+    assert not blank.passed and len(blank.details["problems"]) == 1
+    assert "nearly constant" in blank.details["problems"][0]
+    dark = debug_tools.visualize_input_before_net(MappedLoader(loader, lambda x: x * 0.15), out_dir=tmp_path)
+    assert not dark.passed and dark.details["problems"] == [dark.details["problems"][0]]
+    assert "nearly black" in dark.details["problems"][0]
+    inverted = debug_tools.visualize_input_before_net(MappedLoader(loader, lambda x: 1 - x), out_dir=tmp_path)
+    assert not inverted.passed and "inverted" in inverted.details["problems"][0]
 
     normalised = debug_tools.visualize_input_before_net(
         MappedLoader(loader, lambda x: (x - 0.2860) / 0.3530), out_dir=tmp_path)

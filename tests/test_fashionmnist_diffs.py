@@ -31,7 +31,7 @@ CHANGED = {
 SAME_IN_EVERY_VERSION = {
     "train.py": ["TrainingDiverged", "loss_fn", "make_optimizer", "training_step", "train_one_epoch", "set_seed",
                  "pick_device", "RunError", "to_tensor", "load_raw_data", "HelpFormatter", "prepare_out_dir",
-                 "write_json", "device_name", "Run", "start_run", "record_checks", "finish_preflight"],
+                 "device_name", "Run", "start_run", "record_checks", "finish_preflight"],
     "debug_tools.py": ["CheckResult", "_fmt", "print_check_summary", "rng_untouched", "inspect_batch"],
     "visualization.py": ["read_history", "plot_batch"],
     "metrics.py": ["evaluate"],

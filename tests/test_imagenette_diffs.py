@@ -200,4 +200,7 @@ def test_help_lists_a_flag_for_every_constant(version):
     for name in constants:
         flag = FLAG_OF.get(name, "--" + name.lower().replace("_", "-"))
         assert re.search(rf"(^|\s){re.escape(flag)}[\s,]", help_text), f"{version}: {name} has no flag {flag}"
+        if name == "OUT_DIR":  # the outputs root: --out's default None means a new dated folder in it
+            assert defaults["out"] is None
+            continue
         assert defaults[flag[2:].replace("-", "_")] == values[name], f"{version}: {flag}'s default is not {name}"

@@ -621,4 +621,7 @@ def test_help_lists_the_new_flags_and_one_for_every_constant(side):
     for name in constants:
         flag = FLAG_OF.get(name, "--" + name.lower().replace("_", "-"))
         assert re.search(rf"(^|\s){re.escape(flag)}[\s,]", help_text), f"{side}: {name} has no flag {flag}"
+        if name == "OUT_DIR":  # the outputs root: --out's default None means a new dated folder in it
+            assert defaults["out"] is None
+            continue
         assert defaults[flag[2:].replace("-", "_")] == values[name], f"{side}: {flag}'s default is not {name}"
