@@ -71,7 +71,11 @@ def make_run_dir(outputs: Path, mode: str, out: Path | None = None, *, resume: b
     outputs = Path(outputs).expanduser().resolve()
     try:
         if out is None and resume:
-            folder = resolve_run_dir(outputs)
+            if not (outputs / LATEST).exists():
+                raise RunFolderError(f"--resume without --out goes on with the newest run, {outputs / LATEST}, and "
+                                     "there is no run folder yet. Start without --resume, or name the run's folder "
+                                     "with --out.")
+            folder = resolve_run_dir(outputs / LATEST)
         elif out is None:
             folder = _new_dated_folder(outputs, mode, now or datetime.now())
         else:

@@ -165,7 +165,8 @@ def assert_missing_data_exits_2(version: str, tmp_path: Path, capsys) -> None:
     assert err.startswith("error: Fashion-MNIST was not found. Looked in:")
     assert "apt-get install dataset-fashion-mnist" in err and "--data-dir" in err
     assert "Traceback" not in err
-    assert not (tmp_path / "out" / "results.json").exists()
+    results = json.loads((tmp_path / "out" / "results.json").read_text())  # the run folder says why it stopped
+    assert results["status"] == "failed" and results["exit_code"] == 2
 
 
 def assert_bad_flag_exits_2(version: str, argv: list[str], message: str, tmp_path: Path, capsys) -> None:

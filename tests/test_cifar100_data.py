@@ -80,11 +80,22 @@ def test_repository_cache_is_used_when_nothing_else_is_given(image_folder, monke
 
 
 def test_nothing_found_gives_one_clear_message(no_cache, tmp_path):
-    with pytest.raises(DataNotFoundError) as err:
+    # a mistyped --data-dir: refused as it is, never created by a download into it
+    with pytest.raises(DataNotFoundError, match="no such folder"):
         locator.find_cifar100(tmp_path / "nowhere")
+    assert not (tmp_path / "nowhere").exists()
+    # an existing folder without the data: where it looked and how to get it; nothing downloaded into it
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataNotFoundError) as err:
+        locator.find_cifar100(tmp_path / "empty")
     message = str(err.value)
-    assert str(tmp_path / "nowhere") in message
-    assert "DATA_OFFLINE" in message and "--data-dir" in message
+    assert str(tmp_path / "empty") in message and "not tried: --data-dir names the folder" in message
+    assert "--data-dir" in message and "torchvision downloads it into data/" in message
+    assert list((tmp_path / "empty").iterdir()) == []
+    # nothing given: the repository cache, then the download, which DATA_OFFLINE skips
+    with pytest.raises(DataNotFoundError) as err:
+        locator.find_cifar100()
+    assert "DATA_OFFLINE" in str(err.value) and "repository cache" in str(err.value)
 
 
 def test_mismatched_class_folders_are_rejected(no_cache, tmp_path):

@@ -194,11 +194,16 @@ def test_ctrl_c_keeps_history_and_exits_130(images, tmp_path, monkeypatch, capsy
     monkeypatch.setattr(main, "train_one_epoch", interrupted_in_epoch_2)
     out = tmp_path / "out"
     code = main.cli([*QUICK, "--data-dir", str(images), "--out", str(out), "--scheduler", "onecycle"])
-    assert code == 130 and "interrupted" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert code == 130 and "Interrupted (Ctrl-C)" in err and f"Run folder: {out}" in err
     assert len(read_jsonl(out / "history.jsonl")) == 1 and len(read_jsonl(out / "diagnostics" / "train_diagnostics.jsonl")) == 1
     results = json.loads((out / "results.json").read_text())
-    assert results["status"] == "interrupted" and results["epochs_completed"] == 1
+    assert results["status"] == "interrupted" and results["epochs_completed"] == 1 and results["exit_code"] == 130
     assert (out / "best_model.pth").exists() and (out / "curves.png").exists()
+    # every file listed is whole (written to a hidden temporary, then renamed), and no temporary is left
+    assert results["complete_files"] == sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert {"best_model.pth", "curves.png", "history.jsonl", "results.json", "resume.pth",
+            "diagnostics/train_diagnostics.jsonl"} <= set(results["complete_files"])
 
 
 def test_nan_loss_stops_with_a_diagnosis(images, tmp_path, capsys):
@@ -208,18 +213,21 @@ def test_nan_loss_stops_with_a_diagnosis(images, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 1 and "loss became nan" in err and "Lower --lr" in err
     results = json.loads((out / "results.json").read_text())
-    assert results["status"] == "diverged" and results["final"]["loss"] is None
+    assert results["status"] == "diverged" and results["final"]["loss"] is None and results["exit_code"] == 1
+    assert "history.jsonl" in results["complete_files"]
     assert read_jsonl(out / "diagnostics" / "train_diagnostics.jsonl")[-1]["loss"] is None  # null, valid JSON
 
 
 def test_bad_input_gets_a_message_and_exit_code(tmp_path, monkeypatch, capsys):
     main = load_version(V2, "main")
     monkeypatch.setenv("DATA_OFFLINE", "1")
-    assert main.cli([*QUICK, "--data-dir", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
+    (tmp_path / "empty").mkdir()
+    assert main.cli([*QUICK, "--data-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
     assert "CIFAR-100 was not found" in capsys.readouterr().err
+    assert json.loads((tmp_path / "o" / "results.json").read_text())["exit_code"] == 2  # the run folder says why
     (tmp_path / "file").write_text("")
     assert main.cli([*QUICK, "--out", str(tmp_path / "file" / "sub")]) == 2
-    assert "Cannot write into the output folder" in capsys.readouterr().err
+    assert "cannot write to output folder" in capsys.readouterr().err
     for bad in (["--no-such-flag"], ["--batch_size", "many"], ["--scheduler", "step"], ["--lr", "0"]):
         with pytest.raises(SystemExit) as exc:
             main.parse_args(bad)
@@ -348,8 +356,9 @@ def test_resumed_run_continues_the_same_history(images, tmp_path, monkeypatch):
         return real_epoch(*a, **k)
 
     monkeypatch.setattr(main, "train_one_epoch", stop_in_epoch_two)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SystemExit) as stop:
         main.main([*args, "--out", str(tmp_path / "cut")])
+    assert stop.value.code == 130
     monkeypatch.setattr(main, "train_one_epoch", real_epoch)
     assert len(read_jsonl(tmp_path / "cut" / "history.jsonl")) == 1
     resumed = main.main([*args, "--out", str(tmp_path / "cut"), "--resume"])

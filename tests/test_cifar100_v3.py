@@ -40,9 +40,11 @@ def single(images, tmp_path_factory):
 
 
 # main.py under torchrun, with one spy: every DistributedSampler.set_epoch call is logged per rank
-# (without set_epoch every epoch repeats the first epoch's shuffle, and no metric shows it).
+# (without set_epoch every epoch repeats the first epoch's shuffle, and no metric shows it). Its
+# outputs/ is moved to $CIFAR100_OUTPUTS, so that the run, without --out, stays out of the repository.
 SPY = """
 import os, sys
+from pathlib import Path
 from torch.utils.data.distributed import DistributedSampler
 set_epoch = DistributedSampler.set_epoch
 def logged(self, epoch):
@@ -52,20 +54,23 @@ def logged(self, epoch):
 DistributedSampler.set_epoch = logged
 sys.path.insert(0, os.getcwd())
 import main
+main.OUTPUTS = Path(os.environ["CIFAR100_OUTPUTS"])
 sys.exit(main.cli(sys.argv[1:]))
 """
 
 
 @pytest.fixture(scope="module")
 def two_processes(images, tmp_path_factory):
-    out = tmp_path_factory.mktemp("v3_two")
-    spy = out.parent / f"{out.name}_spy.py"
+    """Two processes without --out: rank 0 makes the dated run folder, rank 1 must use the same one."""
+    root = tmp_path_factory.mktemp("v3_two")
+    spy = root / "spy.py"
     spy.write_text(SPY)
     env = {k: v for k, v in os.environ.items() if k != "DIAGNOSTICS_DIR"}
-    env.update(OMP_NUM_THREADS="1", SET_EPOCH_LOG=str(out.parent / f"{out.name}_set_epoch"))
-    done = subprocess.run([*TORCHRUN, str(spy), *QUICK, "--data-dir", str(images), "--out", str(out)],
+    env.update(OMP_NUM_THREADS="1", SET_EPOCH_LOG=str(root / "set_epoch"), CIFAR100_OUTPUTS=str(root / "outputs"))
+    done = subprocess.run([*TORCHRUN, str(spy), *QUICK, "--data-dir", str(images)],
                           cwd=V3, env=env, capture_output=True, text=True, timeout=300)
-    return done, out
+    latest = root / "outputs" / "latest"
+    return done, latest.resolve() if latest.exists() else latest
 
 
 def read_jsonl(path):
@@ -117,6 +122,17 @@ def test_two_processes_count_every_image_once(two_processes):
         assert (r["val_accuracy"] / 100 * NUM_VAL) == pytest.approx(round(r["val_accuracy"] / 100 * NUM_VAL), abs=1e-6)
     assert done.stdout.count("loading CIFAR-100") == 1  # rank-0 logging
     assert (out / "best_model.pth").exists() and (out / "curves.png").exists()
+
+
+def test_two_processes_share_one_run_folder(two_processes):
+    """Rank 0 alone makes the folder and says where it is; each rank making its own would leave one
+    dated folder per process (their clocks a second apart), rank 1 loading a checkpoint that is not there."""
+    done, out = two_processes
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(p.name for p in out.parent.iterdir()) == sorted(["latest", out.name])
+    assert out.name.endswith("-quick")
+    assert done.stdout.count("Run folder:") == 1 and done.stdout.strip().endswith(f"Run folder: {out}")
+    assert json.loads((out / "results.json").read_text())["history_file"] == str(out / "history.jsonl")
 
 
 def test_uneven_batch_and_sync_bn_on_cpu_are_usage_errors(images, tmp_path, monkeypatch, capsys):
@@ -200,5 +216,5 @@ def test_every_rank_reshuffles_every_epoch(two_processes):
     done, out = two_processes
     assert done.returncode == 0, done.stderr[-3000:]
     for rank in (0, 1):
-        log = out.parent / f"{out.name}_set_epoch.{rank}"
+        log = out.parents[1] / f"set_epoch.{rank}"
         assert log.read_text().split() == ["1", "2"], f"rank {rank}"

@@ -67,22 +67,123 @@ def test_detect_anomaly_names_the_op_and_line_that_made_the_nan():
     assert "slowdown" in stdout and "SqrtBackward0" in stdout
 
 
-def test_silent_bug_trains_and_gradient_flow_names_the_dead_blocks(tmp_path, fmnist_data):
+def documented_silent_bug_runs() -> list[tuple[list[str], list[str]]]:
+    """(arguments, printed lines) of every silent_bug.py command in docs/debugging.md that is followed
+    directly by a `text` block: the lines that command printed, quoted verbatim."""
+    pairs = re.findall(r"```bash\npython docs/examples/silent_bug\.py ([^\n#]*?)\s*\n```\s*```text\n(.*?)```",
+                       (DOCS / "debugging.md").read_text(), flags=re.S)
+    return [(shlex.split(args), block.strip().splitlines()) for args, block in pairs]
+
+
+def is_quick(module, args: list[str]) -> bool:
+    """Small enough for the tests to rerun (a few seconds); the full runs take minutes."""
+    parsed = module.parse_args(args)
+    return parsed.steps * len(parsed.seeds) <= 100
+
+
+@pytest.fixture(scope="module")
+def silent_bug_quick(tmp_path_factory, fmnist_data):
+    """The quick run docs/debugging.md quotes, run once here: (its arguments, quoted lines,
+    results, stdout, output folder)."""
     module = load_script(DOCS / "examples" / "silent_bug.py")
-    results, stdout = run_quietly(module.main, [
-        "--data-dir", str(fmnist_data[0]), "--train-size", "1000", "--val-size", "500", "--steps", "40",
-        "--eval-every", "20", "--out", str(tmp_path)])
-    buggy, fixed = results["runs"]["buggy: head(x1)"], results["runs"]["fixed: head(x1_up)"]
-    # the check: the buggy forward leaves four blocks without gradient, the fixed one none
-    assert not buggy["gradient_flow_passed"] and buggy["dead_blocks"] == ["down1", "down2", "up1", "up2"]
-    assert buggy["dead_parameters"] / buggy["parameters"] > 0.5
-    assert fixed["gradient_flow_passed"] and fixed["without_gradient"] == []
-    # and yet the buggy model trains: its loss falls and it beats chance clearly
-    assert sum(buggy["losses"][-10:]) / 10 < buggy["losses"][0] - 0.3
-    assert buggy["curve"][-1]["val_accuracy"] > 0.3
+    quick = [(args, lines) for args, lines in documented_silent_bug_runs() if is_quick(module, args)]
+    assert len(quick) == 1, f"docs/debugging.md should quote one quick silent_bug.py run, found {len(quick)}"
+    args, lines = quick[0]
+    out = tmp_path_factory.mktemp("silent_bug")
+    results, stdout = run_quietly(module.main, [*args, "--data-dir", str(fmnist_data[0]), "--out", str(out)])
+    return args, lines, results, stdout, out
+
+
+def test_silent_bug_trains_and_gradient_flow_names_the_dead_blocks(silent_bug_quick):
+    _, _, results, stdout, out = silent_bug_quick
+    for seed in results["per_seed"]:
+        buggy, fixed = seed["runs"]["buggy: head(x1)"], seed["runs"]["fixed: head(x1_up)"]
+        # the check: the buggy forward leaves four blocks without gradient, the fixed one none
+        assert not buggy["gradient_flow_passed"] and buggy["dead_blocks"] == ["down1", "down2", "up1", "up2"]
+        assert buggy["dead_parameters"] / buggy["parameters"] > 0.5
+        assert fixed["gradient_flow_passed"] and fixed["without_gradient"] == []
+        # and yet the buggy model trains: its loss falls and it beats chance clearly
+        assert sum(buggy["losses"][-10:]) / 10 < buggy["losses"][0] - 0.3
+        assert buggy["curve"][-1]["val_accuracy"] > 0.3
     assert "dead blocks: down1, down2, up1, up2" in stdout
-    assert_png_has_content(tmp_path / "silent_bug.png")
-    assert json.loads((tmp_path / "silent_bug.json").read_text())["steps"] == 40
+    assert_png_has_content(out / "silent_bug.png")
+    saved = json.loads((out / "silent_bug.json").read_text())
+    assert saved["steps"] == results["steps"] and saved["seeds"] == results["seeds"]
+    assert len(saved["seeds"]) >= 2 and saved["summary"]["gap_points"]["std"] is not None
+    assert "(mean ± std)" in stdout
+
+
+def test_silent_bug_is_bit_for_bit_deterministic(silent_bug_quick, tmp_path, fmnist_data):
+    """The first seed again, alone, after the other seed ran in the same process: every loss and
+    accuracy the same, bit for bit; and the other seed differs, so the comparison can fail."""
+    args, _, results, _, _ = silent_bug_quick
+    module = load_script(DOCS / "examples" / "silent_bug.py")
+    first, other = results["per_seed"][0], results["per_seed"][1]
+    saved = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(False)
+    try:  # argparse keeps the last --seeds
+        again, _ = run_quietly(module.main, [*args, "--seeds", str(first["seed"]), "--data-dir", str(fmnist_data[0]),
+                                             "--out", str(tmp_path)])
+        # main() leaves the process as it found it, for whatever runs next in it
+        assert torch.get_num_threads() == saved[0] and not torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(saved[1])
+    assert again["seeds"] == [first["seed"]]
+    for label, run in first["runs"].items():
+        assert again["per_seed"][0]["runs"][label]["losses"] == run["losses"], label
+        assert again["per_seed"][0]["runs"][label]["curve"] == run["curve"], label
+        assert other["runs"][label]["losses"] != run["losses"], label  # the control
+
+
+def reconstructed_seed(line: str) -> tuple[int, dict]:
+    """A quoted seed line back into the script's record, from which its own functions redraw it."""
+    match = re.fullmatch(r"seed (\d+): validation accuracy buggy ([\d.]+)%, fixed ([\d.]+)%, the fix is worth "
+                         r"[+-][\d.]+ points; training loss buggy ([\d.]+), fixed ([\d.]+)", line)
+    assert match, f"not a seed line of silent_bug.py: {line!r}"
+    seed, buggy, fixed, buggy_loss, fixed_loss = match.groups()
+
+    def run(accuracy, loss):  # accuracies are k / 10,000 exactly (2,000 or 500 validation images)
+        return {"curve": [{"step": 1, "val_accuracy": round(float(accuracy) * 100) / 10_000}],
+                "losses": [float(loss)] * 20}
+
+    return int(seed), {"buggy: head(x1)": run(buggy, buggy_loss), "fixed: head(x1_up)": run(fixed, fixed_loss)}
+
+
+def test_the_guide_quotes_silent_bug_as_printed():
+    """Every silent_bug.py output the guide quotes is the script's own lines: each seed line redrawn
+    from its numbers by the script's seed_line(), the mean ± std line by its summarize() and
+    summary_line(), so a retyped or recomputed number fails. The full runs take minutes; their
+    numbers are held here for consistency, the quick run's are rerun below."""
+    module = load_script(DOCS / "examples" / "silent_bug.py")
+    runs = documented_silent_bug_runs()
+    assert any(not is_quick(module, args) and len(module.parse_args(args).seeds) >= 3 for args, _ in runs), \
+        "docs/debugging.md should quote a full run over three or more seeds"
+    for args, lines in runs:
+        parsed = module.parse_args(args)
+        assert re.fullmatch(rf"CPU: .+, \w+ kernels, {parsed.threads} threads?, torch \S+", lines[0]), lines[0]
+        seeds = [reconstructed_seed(line) for line in lines[1:] if line.startswith("seed ")]
+        assert [seed for seed, _ in seeds] == parsed.seeds, args
+        for line, (seed, record) in zip([x for x in lines if x.startswith("seed ")], seeds):
+            assert module.seed_line(seed, record) == line
+        summaries = [x for x in lines if x.startswith("seeds ")]
+        assert len(summaries) == 1 and len(lines) == 2 + len(seeds), lines
+        summary = module.summarize([{"runs": record} for _, record in seeds])
+        assert module.summary_line(parsed.seeds, summary) == summaries[0]
+
+
+def test_the_quick_silent_bug_run_reproduces_the_guide(silent_bug_quick, fmnist_data):
+    """The quick run the guide quotes, rerun: every quoted line printed again, digit for digit. The
+    numbers are bit for bit the same only on the same CPU, kernels, thread count and torch version
+    (the first quoted line); elsewhere this says so and skips rather than fail on rounding."""
+    args, lines, _, stdout, _ = silent_bug_quick
+    if not fmnist_data[1]:
+        pytest.skip("the guide's numbers are on the real Fashion-MNIST, which is not installed here")
+    printed = stdout.splitlines()
+    machine = next(line for line in printed if line.startswith("CPU: "))
+    if machine != lines[0]:
+        pytest.skip(f"the guide's numbers were measured on '{lines[0]}'; this machine is '{machine}'")
+    missing = [line for line in lines if line not in printed]
+    assert not missing, f"python docs/examples/silent_bug.py {' '.join(args)} no longer prints {missing}"
 
 
 def test_the_silent_bug_is_the_only_difference():

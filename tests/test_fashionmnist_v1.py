@@ -35,7 +35,7 @@ from fmnist_v1_v4_helpers import (  # noqa: F401  (fixtures)
 
 NUM_PARAMETERS = 421_642  # conv 320 + 18,496, FC 401,536 + 1,290
 PNGS = ["training_curves.png", "first_batch.png"]
-FLAGS = ["--quick", "--preflight", "--out", "--data-dir", "--device", "--seed", "--epochs", "--batch-size", "--lr",
+FLAGS = ["--quick", "--preflight", "--out", "--overwrite", "--data-dir", "--device", "--seed", "--epochs", "--batch-size", "--lr",
          "--diverged-loss"]
 
 
@@ -257,7 +257,7 @@ def test_unwritable_out_exits_2_before_loading_data(tmp_path, capsys):
     train = load_version(V1)
     blocker = tmp_path / "not_a_folder"
     blocker.write_text("a regular file")
-    assert run_main(train, quick_args(blocker / "out", "unused")) == 2
+    assert run_main(train, quick_args(blocker / "out", tmp_path)) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: cannot write to output folder {blocker / 'out'}")
     assert "Choose another with --out" in err and "Traceback" not in err

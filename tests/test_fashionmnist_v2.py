@@ -35,7 +35,7 @@ from fmnist_v1_v4_helpers import (  # noqa: F401  (fixtures)
 
 NUM_PARAMETERS = 421_642  # v1's SmallCNN, unchanged
 PNGS = ["training_curves.png", "first_batch.png"]
-FLAGS = ["--quick", "--preflight", "--out", "--data-dir", "--device", "--seed", "--epochs", "--batch-size", "--lr",
+FLAGS = ["--quick", "--preflight", "--out", "--overwrite", "--data-dir", "--device", "--seed", "--epochs", "--batch-size", "--lr",
          "--val-size", "--split-seed", "--patience", "--diverged-loss"]
 
 

@@ -35,7 +35,7 @@ from fmnist_v1_v4_helpers import (  # noqa: F401  (fixtures)
 PNGS = ["training_curves.png", "first_batch.png"]
 CHECKS = ["first_batch", "normalised_batch", "normalisation_from_train", "train_batches_augmented",
           "eval_batches_deterministic", "splits_disjoint"]
-FLAGS = ["--quick", "--preflight", "--out", "--data-dir", "--device", "--seed", "--epochs", "--batch-size", "--lr",
+FLAGS = ["--quick", "--preflight", "--out", "--overwrite", "--data-dir", "--device", "--seed", "--epochs", "--batch-size", "--lr",
          "--val-size", "--split-seed", "--patience", "--crop-padding", "--flip-probability", "--normalised-tolerance",
          "--diverged-loss"]
 

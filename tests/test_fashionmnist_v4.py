@@ -45,7 +45,7 @@ PNGS = ["training_curves.png", "first_batch.png", "activation_statistics.png"]
 CHECKS = ["first_batch", "normalised_batch", "normalisation_from_train", "train_batches_augmented",
           "eval_batches_deterministic", "activations_at_init", "train_eval_modes", "splits_disjoint",
           "activations_after_training"]
-FLAGS = ["--quick", "--preflight", "--out", "--data-dir", "--device", "--seed", "--epochs", "--batch-size", "--lr",
+FLAGS = ["--quick", "--preflight", "--out", "--overwrite", "--data-dir", "--device", "--seed", "--epochs", "--batch-size", "--lr",
          "--val-size", "--split-seed", "--patience", "--crop-padding", "--flip-probability", "--normalised-tolerance",
          "--dropout", "--conv-dropout", "--max-dead-fraction", "--diverged-loss"]
 

@@ -44,7 +44,7 @@ CHECKS = ["first_batch", "normalised_batch", "normalisation_from_train", "train_
           "eval_batches_deterministic", "activations_at_init", "train_eval_modes", "lr_finder", "lr_schedule",
           "expected_loss_at_init", "mixed_batch", "gradient_flow", "splits_disjoint", "activations_after_training"]
 BLOCKS = ["stem", "layer1.0", "layer1.1", "layer2.0", "layer2.1", "layer3.0", "layer3.1", "fc"]
-FLAGS = ["--quick", "--preflight", "--out", "--data-dir", "--device", "--seed", "--epochs", "--batch-size", "--lr",
+FLAGS = ["--quick", "--preflight", "--out", "--overwrite", "--data-dir", "--device", "--seed", "--epochs", "--batch-size", "--lr",
          "--lr-schedule", "--warmup-fraction", "--weight-decay", "--val-size", "--split-seed", "--patience",
          "--crop-padding", "--flip-probability", "--normalised-tolerance", "--label-smoothing", "--mixup-alpha",
          "--channels", "--loss-at-init-tolerance", "--min-gradient-ratio", "--max-dead-fraction",

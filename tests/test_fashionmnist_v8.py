@@ -220,7 +220,7 @@ def test_bad_flags_exit_2(argv, message, tmp_path, capsys):
 
 
 def test_help_lists_every_flag_with_its_default(capsys):
-    flags = ["--quick", "--preflight", "--out", "--data-dir", "--device", "--seed", "--epochs", "--batch-size", "--lr",
+    flags = ["--quick", "--preflight", "--out", "--overwrite", "--data-dir", "--device", "--seed", "--epochs", "--batch-size", "--lr",
              "--lr-schedule", "--warmup-fraction", "--weight-decay", "--val-size", "--split-seed", "--patience",
              "--crop-padding", "--flip-probability", "--normalised-tolerance", "--label-smoothing", "--mixup-alpha",
              "--channels", "--loss-at-init-tolerance", "--min-gradient-ratio", "--max-dead-fraction",

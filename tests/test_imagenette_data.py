@@ -73,15 +73,20 @@ def test_data_dir_env_and_repository_cache(imagenette_folder, tmp_path, monkeypa
 
 def test_missing_data_says_where_it_looked_and_how_to_get_it(tmp_path):
     nowhere = tmp_path / "nowhere"
-    with pytest.raises(DataNotFoundError) as err:
+    with pytest.raises(DataNotFoundError, match=f"^no such folder: {nowhere}$"):  # a typo: refused, not created
         imagenette.find_imagenette(nowhere)
+    assert not nowhere.exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataNotFoundError) as err:
+        imagenette.find_imagenette(empty)
     message = str(err.value)
     assert message.startswith("Imagenette was not found. Looked in:")
-    assert f"--data-dir: {nowhere} (does not exist)" in message
-    assert f"--data-dir: {nowhere / 'imagenette2-160'} (does not exist)" in message
-    assert "skipped because DATA_OFFLINE is set" in message  # and nothing was downloaded
+    assert f"--data-dir: {empty} (" in message
+    assert f"--data-dir: {empty / 'imagenette2-160'} (does not exist)" in message
+    assert "not tried: --data-dir names the folder to use" in message  # nothing downloaded into it
     assert "imagenette2-160.tgz" in message and "--data-dir FOLDER" in message and "DATA_DIR" in message
-    assert not nowhere.exists()
+    assert list(empty.iterdir()) == []
 
 
 def test_missing_data_without_data_dir_names_the_repository_cache(tmp_path, monkeypatch):
@@ -418,4 +423,4 @@ def test_export_command_line(imagenette_folder, tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"copied {round(0.4 * TRAIN_PER_CLASS) * 10} training and {10 * VAL_PER_CLASS} test images" in out
     assert imagenette._main(["export-subset", str(tmp_path / "x"), "--data-dir", str(tmp_path / "nowhere")]) == 2
-    assert capsys.readouterr().err.startswith("error: Imagenette was not found")
+    assert capsys.readouterr().err.startswith(f"error: no such folder: {tmp_path / 'nowhere'}")

@@ -354,14 +354,16 @@ def test_preflight_runs_only_the_checks(run, tmp_path):
 # ---------------------------------------------------------------------------
 def test_missing_data_exits_2(tmp_path):
     train = load_version(V1)
-    code, err = run_main_exit(train, quick_args(tmp_path / "nowhere", tmp_path / "out"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, err = run_main_exit(train, quick_args(empty, tmp_path / "out"))
     assert code == 2
     assert error_message(err).startswith("error: Imagenette was not found. Looked in:")
-    assert str(tmp_path / "nowhere") in err
-    assert "skipped because DATA_OFFLINE is set" in err and "Traceback" not in err
+    assert str(empty) in err
+    assert "not tried: --data-dir names the folder to use" in err and "Traceback" not in err
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["status"] == "no data" and results["exit_code"] == 2
-    assert not (tmp_path / "nowhere").exists()
+    assert list(empty.iterdir()) == []  # nothing downloaded into the user's folder
 
 
 def test_corrupt_image_exits_2_naming_the_file(tmp_path):

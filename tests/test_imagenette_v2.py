@@ -144,7 +144,8 @@ def test_normalize_main_prints_mean_and_std(imagenette_folder, isolated_cache):
         again = io.StringIO()
         with contextlib.redirect_stdout(again), contextlib.redirect_stderr(io.StringIO()):
             assert normalize.main(argv) == 0
-    lines = stdout.getvalue().splitlines()
+    # the data line ("data: Imagenette from ...") is the finder's, printed by every run
+    lines = [line for line in stdout.getvalue().splitlines() if not line.startswith("data: ")]
     assert lines[0].startswith(f"{len(data.train_images)} training images at 32 px (computed, {isolated_cache}")
     mean, std = stats_by_hand(data.train_images)
     printed = {}
@@ -153,7 +154,8 @@ def test_normalize_main_prints_mean_and_std(imagenette_folder, isolated_cache):
         assert match, line
         printed[match[1]] = [float(v) for v in match[2].split(", ")]
     assert printed["mean"] == pytest.approx(mean, abs=5e-5) and printed["std"] == pytest.approx(std, abs=5e-5)
-    assert "(cached, " in again.getvalue() and again.getvalue().splitlines()[1:] == lines[1:]
+    again_lines = [line for line in again.getvalue().splitlines() if not line.startswith("data: ")]
+    assert "(cached, " in again.getvalue() and again_lines[1:] == lines[1:]
 
 
 def test_normalize_main_without_data_returns_2(tmp_path):
@@ -163,7 +165,8 @@ def test_normalize_main_without_data_returns_2(tmp_path):
 
         with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
             assert normalize.main(["--data-dir", str(tmp_path / "nowhere")]) == 2
-    assert stderr.getvalue().startswith("error: Imagenette was not found")
+    assert stderr.getvalue().startswith(f"error: no such folder: {tmp_path / 'nowhere'}")
+    assert not (tmp_path / "nowhere").exists()
 
 
 def test_cache_is_read_and_only_for_its_key(v2, tmp_path):

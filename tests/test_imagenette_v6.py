@@ -425,7 +425,8 @@ def test_without_resume_the_run_starts_again(interrupted, one_go, tiny_folder, t
     out = tmp_path / "out"
     shutil.copytree(interrupted["pristine"], out)
     assert (out / "resume.pth").is_file()
-    results, text, epochs = tiny_run(tiny_argv(tiny_folder, out, "--target-val-accuracy", "1.0"))
+    # --overwrite: the folder holds the interrupted run's results; without it the run is refused
+    results, text, epochs = tiny_run(tiny_argv(tiny_folder, out, "--target-val-accuracy", "1.0", "--overwrite"))
     assert isinstance(results, dict), text
     assert epochs == [1, 2, 3, 4] and "resumed_after_epoch" not in results and "Resuming" not in text
     assert [h["epoch"] for h in read_jsonl(out / "history.jsonl")] == [0, 1, 2, 3, 4]

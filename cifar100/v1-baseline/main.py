@@ -2,8 +2,9 @@
 
     python main.py --dataset cifar100 --device cuda --batch_size 512 --num_epochs 120
 
-Writes into --out (default: results/ beside this file): history.jsonl (one
-line per epoch), results.json, curves.png and best_model.pth.
+Each run writes into a new folder of its own, outputs/<date>_<time>-<mode>/ beside
+this file (outputs/latest names the newest), or exactly into --out DIR:
+history.jsonl (one line per epoch), results.json, curves.png and best_model.pth.
 See README.md: this version carries two bugs on purpose.
 """
 from __future__ import annotations
@@ -16,6 +17,8 @@ import platform
 import random
 import sys
 import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +29,12 @@ from torch.utils.data import DataLoader
 from scripts.data import DataNotFoundError, load_cifar100, subset
 from scripts.plots import plot_history
 from scripts.train_utils import ResNet18, build_datasets, define_loss_and_optimizer, evaluate, train_one_epoch
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.append(str(REPO_ROOT))  # shared/runs.py: the run folder, atomic writes, Ctrl-C
+from shared.runs import (RunFolderError, existing_dir, make_run_dir, run_mode, save_checkpoint, stop_cleanly,  # noqa: E402
+                         write_json, write_text)
 
 # ---- configuration: every constant has a command-line flag of the same name ----
 VERSION = Path(__file__).resolve().parent.name
@@ -45,8 +54,10 @@ WIDTH = 64  # channels of the first ResNet stage (64 = ResNet18); tests use 8 fo
 SEED = 0
 AMP = True  # autocast to float16 on GPUs plus GradScaler (the scaler runs on every device)
 NUM_WORKERS = None  # None: one per CPU core (up to 12), 0 with --quick
-OUT = Path(__file__).resolve().parent / "results"
-QUICK_TRAIN, QUICK_TEST, QUICK_EPOCHS, QUICK_BATCH = 320, 100, 2, 32  # --quick: seconds on a CPU
+OUTPUTS = Path(__file__).resolve().parent / "outputs"  # every run a new dated folder in here; outputs/latest: the newest
+OUT = None  # None: a new folder under OUTPUTS; --out DIR: exactly DIR
+# --quick: every code path and output; 1.5-3 minutes on 2 CPU cores, 6-25 s with --width 8 (../README.md)
+QUICK_TRAIN, QUICK_TEST, QUICK_EPOCHS, QUICK_BATCH = 320, 100, 2, 32
 
 
 class UsageError(Exception):
@@ -75,8 +86,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=SEED)
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=AMP)
     p.add_argument("--num_workers", type=int, default=NUM_WORKERS)
-    p.add_argument("--data-dir", dest="data_dir", default=None, help="image folder with train/<class>/ and test/<class>/")
-    p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--data-dir", dest="data_dir", type=existing_dir, default=None,
+                   help="image folder with train/<class>/ and test/<class>/")
+    p.add_argument("--out", type=Path, default=OUT,
+                   help="exactly this folder (default: a new dated folder under outputs/, outputs/latest names it)")
+    p.add_argument("--overwrite", action="store_true", help="let --out reuse a folder that already holds a run's results")
     p.add_argument("--quick", action="store_true", help=f"{QUICK_TRAIN} training images, {QUICK_EPOCHS} epochs, batch {QUICK_BATCH}")
     args = p.parse_args(argv)
     for name in ("batch_size", "num_epochs", "width"):
@@ -109,15 +123,43 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def prepare_out(out: Path) -> Path:
+def prepare_out_dir(args) -> Path:
+    """This run's own folder, made before anything slow runs: a new dated one under outputs/ (outputs/latest
+    points to it), or exactly --out, refused when it cannot be written or holds another run's results."""
+    resume = getattr(args, "resume", None)  # None: this version has no --resume
+    if resume and args.out is None and not (OUTPUTS / "latest").exists():
+        raise UsageError(f"--resume without --out goes on with the newest run, {OUTPUTS / 'latest'}, and there is "
+                         "none yet. Start without --resume, or name the run's folder with --out.")
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write_test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as err:
-        raise UsageError(f"Cannot write into the output folder {out}: {err}") from None
-    return out
+        return make_run_dir(OUTPUTS, run_mode(quick=args.quick), args.out, resume=resume, overwrite=args.overwrite)
+    except RunFolderError as err:
+        raise UsageError(str(err)) from None
+
+
+@dataclass
+class Run:
+    """The run folder and results.json's dict: what shared.runs.stop_cleanly records a Ctrl-C with."""
+    out: Path
+    results: dict
+    started: float = field(default_factory=time.perf_counter)
+
+    def save(self, **updates) -> None:
+        self.results.update(updates, wall_time_s=time.perf_counter() - self.started)
+        write_json(self.out / "results.json", self.results, allow_nan=False, default=str)
+
+
+@contextmanager
+def exit_codes():
+    """A problem the user can fix ends in one message and an exit code, not a stack trace:
+    2 data or usage (no data, an --out holding results, too few images), 1 the loss diverged."""
+    try:
+        yield
+    except (DataNotFoundError, UsageError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except TrainingDiverged as err:
+        print(f"stopped: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 def make_loaders(train_ds, val_ds, test_ds, args, device):
@@ -137,10 +179,20 @@ def make_loaders(train_ds, val_ds, test_ds, args, device):
 
 
 def main(argv=None) -> dict:
+    """Train, validate after every epoch, test the best checkpoint once; returns results.json's dict.
+    A problem ends in SystemExit: 2 data or usage, 1 diverged, 130 Ctrl-C (anywhere); what was written
+    stays, and results.json says why the run stopped and which files are complete."""
     args = parse_args(argv)
-    wall_start = time.perf_counter()
-    device = pick_device(args.device)
-    out = prepare_out(args.out)
+    with exit_codes():
+        device = pick_device(args.device)
+        run = Run(prepare_out_dir(args), {"version": VERSION, "status": "running",
+                                          "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}})
+    with stop_cleanly(run), exit_codes():  # Ctrl-C anywhere: exit 130, results.json says interrupted
+        return train_and_test(run, args, device)
+
+
+def train_and_test(run: Run, args, device: torch.device) -> dict:
+    out = run.out
     seed_everything(args.seed)
     # Autocast to float16 is what makes AMP fast on GPUs. On CPUs without
     # bfloat16 units, autocast is several times *slower* than float32, so it
@@ -166,17 +218,18 @@ def main(argv=None) -> dict:
 
     history: list[dict] = []
     history_path, checkpoint_path = out / "history.jsonl", out / "best_model.pth"
-    history_path.write_text("")
-    checkpoint_path.unlink(missing_ok=True)  # never test a stale checkpoint of an earlier run
-    results = {
-        "version": VERSION, "status": "running", "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+    write_text(history_path, "")
+    for stale in (checkpoint_path, out / "curves.png"):  # --overwrite: none of an earlier run's
+        stale.unlink(missing_ok=True)  # never test a stale checkpoint or show its curves
+    results = run.results
+    results.update({
         "seed": args.seed, "torch_version": torch.__version__, "torchvision_version": torchvision.__version__,
         "python_version": platform.python_version(), "device": str(device), "device_name": device_name(device),
         "amp": {"autocast_float16": use_autocast, "grad_scaler": args.amp},
         "data": {"source": data.source, "num_classes": len(data.classes), "train": len(train_ds), "val": len(val_ds), "test": len(test_ds)},
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "history_file": str(history_path), "curves_png": str(out / "curves.png"),
-    }
+    })
     best_val = -1.0
     try:
         for epoch in range(1, args.num_epochs + 1):
@@ -188,8 +241,7 @@ def main(argv=None) -> dict:
                       "val_loss": val["loss"], "val_accuracy": val["accuracy"],
                       "epoch_time_s": train["seconds"], "images_per_second": train["images"] / train["seconds"]}
             history.append(record)
-            with open(history_path, "a") as f:
-                f.write(json_line(record))
+            append_line(history_path, record)
             if not (math.isfinite(train["loss"]) and math.isfinite(val["loss"])):
                 raise TrainingDiverged(
                     f"the loss became {train['loss']} (val {val['loss']}) in epoch {epoch}. Gradient norms this epoch: "
@@ -201,19 +253,19 @@ def main(argv=None) -> dict:
                   f"grad_norm {record['mean_grad_norm'] or math.nan:.3g}  {record['images_per_second']:.0f} img/s", flush=True)
             if val["accuracy"] > best_val:
                 best_val = val["accuracy"]
-                torch.save(model.state_dict(), checkpoint_path)
+                save_checkpoint(model.state_dict(), checkpoint_path)
                 results.update(best_val_accuracy=best_val, best_epoch=epoch)
+
+        model.load_state_dict(torch.load(checkpoint_path, map_location=device, weights_only=True))
+        test = evaluate(model, test_loader, criterion, device, use_autocast, desc="test")
     except (KeyboardInterrupt, TrainingDiverged) as stop:
         results["status"] = "interrupted" if isinstance(stop, KeyboardInterrupt) else "diverged"
-        finish(results, history, out, wall_start)
+        finish(run, history)
         raise
-
-    model.load_state_dict(torch.load(checkpoint_path, map_location=device, weights_only=True))
-    test = evaluate(model, test_loader, criterion, device, use_autocast, desc="test")
     results.update(status="completed", test_loss=test["loss"], test_accuracy=test["accuracy"], test_images=test["images"])
-    finish(results, history, out, wall_start)
+    finish(run, history)
     print(f"[{VERSION}] best val_acc {best_val:.2f}% (epoch {results['best_epoch']}), test_acc {test['accuracy']:.2f}% "
-          f"with the best checkpoint; outputs in {out}")
+          f"with the best checkpoint")
     return results
 
 
@@ -226,39 +278,37 @@ def json_line(record: dict) -> str:
     return json.dumps(finite_or_none(record)) + "\n"
 
 
+def append_line(path: Path, record: dict) -> None:
+    """One more JSON line, atomically: the file is written whole again, so a Ctrl-C never leaves half a line."""
+    write_text(path, (path.read_text() if path.is_file() else "") + json_line(record))
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return platform.processor() or platform.machine()
 
 
-def finish(results: dict, history: list[dict], out: Path, wall_start: float) -> None:
+def finish(run: Run, history: list[dict]) -> None:
     """Final numbers, timing and the curves; called on success, Ctrl-C and divergence alike."""
     train_seconds = sum(r["epoch_time_s"] for r in history)
-    results.update(
+    run.results.update(
         epochs_completed=len(history),
         final=finite_or_none({k: history[-1][k] for k in ("loss", "accuracy", "val_loss", "val_accuracy")}) if history else None,
-        wall_time_s=time.perf_counter() - wall_start, train_time_s=train_seconds,
-        images_per_second=sum(r["num_batches"] for r in history) * results["config"]["batch_size"] / train_seconds if history else None,
+        train_time_s=train_seconds,
+        images_per_second=sum(r["num_batches"] for r in history) * run.results["config"]["batch_size"] / train_seconds if history else None,
     )
     if history:
-        plot_history(history, out / "curves.png", f"{VERSION}: {results['status']} after {len(history)} epochs")
-    (out / "results.json").write_text(json.dumps(results, indent=2, allow_nan=False, default=str) + "\n")
+        plot_history(history, run.out / "curves.png", f"{VERSION}: {run.results['status']} after {len(history)} epochs")
+    run.save()
 
 
 def cli(argv=None) -> int:
     """main() with exit codes: 0 done, 1 diverged, 2 data/usage problem, 130 Ctrl-C."""
     try:
         main(argv)
-    except (DataNotFoundError, UsageError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except TrainingDiverged as err:
-        print(f"stopped: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("\ninterrupted: history.jsonl, results.json and the best checkpoint so far are kept.", file=sys.stderr)
-        return 130
+    except SystemExit as stop:
+        return int(stop.code or 0)
     return 0
 
 

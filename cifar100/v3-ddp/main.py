@@ -8,8 +8,9 @@ Under torchrun, every process trains on its own shard of each epoch with
 sees the same global batch as a single process. Rank 0 alone prints and
 writes the files below. With N=1 (or without torchrun) it behaves as v2.
 
-Writes into --out (default: results/ beside this file): history.jsonl (one
-line per epoch), results.json, curves.png and best_model.pth, and the
+Each run writes into a new folder of its own, outputs/<date>_<time>-<mode>/ beside
+this file (outputs/latest names the newest), or exactly into --out DIR:
+history.jsonl (one line per epoch), results.json, curves.png and best_model.pth, and the
 diagnostics of seed 004 into $DIAGNOSTICS_DIR, else <out>/diagnostics/:
 train_diagnostics.jsonl and val_diagnostics.jsonl, one JSON object per epoch.
 Analyse them with `python -m scripts.analyze_diagnostics` (../v2-diagnostics/DIAGNOSTICS.md).
@@ -24,6 +25,8 @@ import platform
 import random
 import sys
 import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +40,12 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from scripts.data import DataNotFoundError, load_cifar100, subset
 from scripts.plots import plot_history
 from scripts.train_utils import SCHEDULERS, ResNet18, build_datasets, define_loss_and_optimizer, evaluate, train_one_epoch
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.append(str(REPO_ROOT))  # shared/runs.py: the run folder, atomic writes, Ctrl-C
+from shared.runs import (RunFolderError, existing_dir, make_run_dir, run_mode, save_checkpoint, stop_cleanly,  # noqa: E402
+                         write_json, write_text)
 
 # ---- configuration: every constant has a command-line flag of the same name ----
 VERSION = Path(__file__).resolve().parent.name
@@ -58,12 +67,14 @@ SEED = 0
 AMP = True  # autocast to float16 on GPUs plus GradScaler (the scaler runs on every device)
 NUM_WORKERS = None  # per process; None: one per CPU core (up to 12) shared by the processes, 0 with --quick
 SYNC_BN = False  # SyncBatchNorm: batch statistics over the global batch instead of each GPU's share
-OUT = Path(__file__).resolve().parent / "results"
+OUTPUTS = Path(__file__).resolve().parent / "outputs"  # every run a new dated folder in here; outputs/latest: the newest
+OUT = None  # None: a new folder under OUTPUTS; --out DIR: exactly DIR
 # The diagnostics files of seed 004 and their keys (../v2-diagnostics/DIAGNOSTICS.md explains each).
 TRAIN_DIAGNOSTICS = ("epoch", "loss", "accuracy", "learning_rate", "mean_grad_norm", "min_grad_norm", "max_grad_norm",
                      "weight_update_norm", "grad_update_norm", "decay_update_norm", "loss_scale", "num_batches")
 VAL_DIAGNOSTICS = ("epoch", "loss", "accuracy", "learning_rate", "num_batches")
-QUICK_TRAIN, QUICK_TEST, QUICK_EPOCHS, QUICK_BATCH = 320, 100, 2, 32  # --quick: seconds on a CPU
+# --quick: every code path and output; 1.5-3 minutes on 2 CPU cores, 6-25 s with --width 8 (../README.md)
+QUICK_TRAIN, QUICK_TEST, QUICK_EPOCHS, QUICK_BATCH = 320, 100, 2, 32
 
 
 class UsageError(Exception):
@@ -94,8 +105,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=AMP)
     p.add_argument("--num_workers", type=int, default=NUM_WORKERS)
     p.add_argument("--sync_bn", action=argparse.BooleanOptionalAction, default=SYNC_BN)
-    p.add_argument("--data-dir", dest="data_dir", default=None, help="image folder with train/<class>/ and test/<class>/")
-    p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--data-dir", dest="data_dir", type=existing_dir, default=None,
+                   help="image folder with train/<class>/ and test/<class>/")
+    p.add_argument("--out", type=Path, default=OUT,
+                   help="exactly this folder (default: a new dated folder under outputs/, outputs/latest names it)")
+    p.add_argument("--overwrite", action="store_true", help="let --out reuse a folder that already holds a run's results")
     p.add_argument("--quick", action="store_true", help=f"{QUICK_TRAIN} training images, {QUICK_EPOCHS} epochs, batch {QUICK_BATCH}")
     args = p.parse_args(argv)
     for name in ("batch_size", "num_epochs", "width"):
@@ -174,15 +188,43 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def prepare_out(out: Path) -> Path:
+def prepare_out_dir(args) -> Path:
+    """This run's own folder, made before anything slow runs: a new dated one under outputs/ (outputs/latest
+    points to it), or exactly --out, refused when it cannot be written or holds another run's results."""
+    resume = getattr(args, "resume", None)  # None: this version has no --resume
+    if resume and args.out is None and not (OUTPUTS / "latest").exists():
+        raise UsageError(f"--resume without --out goes on with the newest run, {OUTPUTS / 'latest'}, and there is "
+                         "none yet. Start without --resume, or name the run's folder with --out.")
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write_test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as err:
-        raise UsageError(f"Cannot write into the output folder {out}: {err}") from None
-    return out
+        return make_run_dir(OUTPUTS, run_mode(quick=args.quick), args.out, resume=resume, overwrite=args.overwrite)
+    except RunFolderError as err:
+        raise UsageError(str(err)) from None
+
+
+@dataclass
+class Run:
+    """The run folder and results.json's dict: what shared.runs.stop_cleanly records a Ctrl-C with."""
+    out: Path
+    results: dict
+    started: float = field(default_factory=time.perf_counter)
+
+    def save(self, **updates) -> None:
+        self.results.update(updates, wall_time_s=time.perf_counter() - self.started)
+        write_json(self.out / "results.json", self.results, allow_nan=False, default=str)
+
+
+@contextmanager
+def exit_codes():
+    """A problem the user can fix ends in one message and an exit code, not a stack trace:
+    2 data or usage (no data, an --out holding results, too few images), 1 the loss diverged."""
+    try:
+        yield
+    except (DataNotFoundError, UsageError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except TrainingDiverged as err:
+        print(f"stopped: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 def make_loaders(train_ds, val_ds, test_ds, args, device, rank: int, world_size: int):
@@ -208,18 +250,57 @@ def make_loaders(train_ds, val_ds, test_ds, args, device, rank: int, world_size:
 
 
 def main(argv=None) -> dict:
+    """Train, validate after every epoch, test the best checkpoint once; returns results.json's dict.
+    A problem ends in SystemExit: 2 data or usage, 1 diverged, 130 Ctrl-C (anywhere); what was written
+    stays, and results.json says why the run stopped and which files are complete."""
     args = parse_args(argv)
-    wall_start = time.perf_counter()
-    rank, world_size, local_rank = setup_distributed()
-    is_main = rank == 0
-    if args.batch_size % world_size:
-        raise UsageError(f"--batch_size {args.batch_size} does not split evenly over {world_size} processes.")
-    device = pick_device(args.device, local_rank)
-    if args.sync_bn and device.type != "cuda":
-        raise UsageError("--sync_bn needs GPUs: SyncBatchNorm does not run on CPU.")
+    with exit_codes():
+        rank, world_size, local_rank = setup_distributed()
+        if args.batch_size % world_size:
+            raise UsageError(f"--batch_size {args.batch_size} does not split evenly over {world_size} processes.")
+        device = pick_device(args.device, local_rank)
+        if args.sync_bn and device.type != "cuda":
+            raise UsageError("--sync_bn needs GPUs: SyncBatchNorm does not run on CPU.")
+        if world_size > 1:
+            init_process_group(device)
+        run = Run(share_run_dir(args, rank, world_size), {"version": VERSION, "status": "running",
+                                                          "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}})
+    # Ctrl-C anywhere: exit 130; rank 0 alone records it in results.json and says so
+    with (stop_cleanly(run) if rank == 0 else stop_quietly()), exit_codes():
+        return train_and_test(run, args, device, rank, world_size, local_rank)
+
+
+def share_run_dir(args, rank: int, world_size: int) -> Path:
+    """Rank 0 alone makes the run folder and sends its path to the other ranks: each making its own
+    would give one dated folder per process (their clocks may tick a second apart)."""
+    folder, error = None, None
+    if rank == 0:
+        try:
+            folder = prepare_out_dir(args)
+        except UsageError as err:
+            error = str(err)
     if world_size > 1:
-        init_process_group(device)
-    out = prepare_out(args.out) if is_main else args.out
+        message = [folder, error]
+        dist.broadcast_object_list(message, src=0)
+        folder, error = message
+    if error is not None:
+        if rank == 0:
+            raise UsageError(error)
+        raise SystemExit(2)  # rank 0 says why
+    return folder
+
+
+@contextmanager
+def stop_quietly():
+    """The ranks other than 0 on Ctrl-C: exit 130 as well, without a second message or any file."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+
+
+def train_and_test(run: Run, args, device: torch.device, rank: int, world_size: int, local_rank: int) -> dict:
+    out, is_main = run.out, rank == 0
     # Each rank its own random stream (augmentations, shuffling); the initial
     # weights still agree, because DDP copies rank 0's to every process.
     seed_everything(args.seed + rank)
@@ -264,12 +345,13 @@ def main(argv=None) -> dict:
     history: list[dict] = []
     history_path, checkpoint_path = out / "history.jsonl", out / "best_model.pth"
     if is_main:
-        history_path.write_text("")
+        write_text(history_path, "")
         for name in ("train_diagnostics.jsonl", "val_diagnostics.jsonl"):
-            (diagnostics / name).write_text("")
-        checkpoint_path.unlink(missing_ok=True)  # never test a stale checkpoint of an earlier run
-    results = {
-        "version": VERSION, "status": "running", "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            write_text(diagnostics / name, "")
+        for stale in (checkpoint_path, out / "curves.png"):  # --overwrite: none of an earlier run's
+            stale.unlink(missing_ok=True)  # never test a stale checkpoint or show its curves
+    results = run.results
+    results.update({
         "seed": args.seed, "torch_version": torch.__version__, "torchvision_version": torchvision.__version__,
         "python_version": platform.python_version(), "device": str(device), "device_name": device_name(device),
         "amp": {"autocast_float16": use_autocast, "grad_scaler": args.amp},
@@ -278,7 +360,7 @@ def main(argv=None) -> dict:
         "data": {"source": data.source, "num_classes": len(data.classes), "train": len(train_ds), "val": len(val_ds), "test": len(test_ds)},
         "num_parameters": sum(p.numel() for p in net.parameters()),
         "history_file": str(history_path), "curves_png": str(out / "curves.png"), "diagnostics_dir": str(diagnostics),
-    }
+    })
     best_val = -1.0
     try:
         for epoch in range(1, args.num_epochs + 1):
@@ -297,8 +379,7 @@ def main(argv=None) -> dict:
                       "epoch_time_s": train["seconds"], "images_per_second": train["images"] / train["seconds"]}
             history.append(record)
             if is_main:
-                with open(history_path, "a") as f:
-                    f.write(json_line(record))
+                append_line(history_path, record)
                 write_diagnostics(diagnostics, record, val)
             if not (math.isfinite(train["loss"]) and math.isfinite(val["loss"])):
                 raise TrainingDiverged(
@@ -316,40 +397,45 @@ def main(argv=None) -> dict:
             if val["accuracy"] > best_val:
                 best_val = val["accuracy"]
                 if is_main:
-                    torch.save(net.state_dict(), checkpoint_path)
+                    save_checkpoint(net.state_dict(), checkpoint_path)
                 results.update(best_val_accuracy=best_val, best_epoch=epoch)
+
+        if world_size > 1:
+            dist.barrier()  # rank 0 has finished writing the checkpoint
+        net.load_state_dict(torch.load(checkpoint_path, map_location=device, weights_only=True))
+        test = evaluate(net, test_loader, criterion, device, use_autocast, desc="test")
     except (KeyboardInterrupt, TrainingDiverged) as stop:
         results["status"] = "interrupted" if isinstance(stop, KeyboardInterrupt) else "diverged"
         if is_main:
-            finish(results, history, out, wall_start)
+            finish(run, history)
         raise
-
-    if world_size > 1:
-        dist.barrier()  # rank 0 has finished writing the checkpoint
-    net.load_state_dict(torch.load(checkpoint_path, map_location=device, weights_only=True))
-    test = evaluate(net, test_loader, criterion, device, use_autocast, desc="test")
     results.update(status="completed", test_loss=test["loss"], test_accuracy=test["accuracy"], test_images=test["images"])
     if not is_main:
         return results
-    finish(results, history, out, wall_start)
+    finish(run, history)
     print(f"[{VERSION}] best val_acc {best_val:.2f}% (epoch {results['best_epoch']}), test_acc {test['accuracy']:.2f}% "
-          f"with the best checkpoint; outputs in {out}")
+          f"with the best checkpoint")
     return results
 
 
 def diagnostics_dir(out: Path) -> Path:
     """$DIAGNOSTICS_DIR if set (seed 004), else <out>/diagnostics, so that one --out folder holds the whole run."""
     folder = Path(os.environ["DIAGNOSTICS_DIR"]) if os.environ.get("DIAGNOSTICS_DIR") else out / "diagnostics"
-    return prepare_out(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".write_test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise UsageError(f"Cannot write into the diagnostics folder {folder}: {err}") from None
+    return folder
 
 
 def write_diagnostics(folder: Path, record: dict, val: dict) -> None:
     """Append this epoch to train_diagnostics.jsonl and val_diagnostics.jsonl."""
     val = {**val, "epoch": record["epoch"], "learning_rate": record["learning_rate"]}
-    with open(folder / "train_diagnostics.jsonl", "a") as f:
-        f.write(json_line({k: record[k] for k in TRAIN_DIAGNOSTICS}))
-    with open(folder / "val_diagnostics.jsonl", "a") as f:
-        f.write(json_line({k: val[k] for k in VAL_DIAGNOSTICS}))
+    append_line(folder / "train_diagnostics.jsonl", {k: record[k] for k in TRAIN_DIAGNOSTICS})
+    append_line(folder / "val_diagnostics.jsonl", {k: val[k] for k in VAL_DIAGNOSTICS})
 
 
 def finite_or_none(record: dict) -> dict:
@@ -361,39 +447,37 @@ def json_line(record: dict) -> str:
     return json.dumps(finite_or_none(record)) + "\n"
 
 
+def append_line(path: Path, record: dict) -> None:
+    """One more JSON line, atomically: the file is written whole again, so a Ctrl-C never leaves half a line."""
+    write_text(path, (path.read_text() if path.is_file() else "") + json_line(record))
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return platform.processor() or platform.machine()
 
 
-def finish(results: dict, history: list[dict], out: Path, wall_start: float) -> None:
+def finish(run: Run, history: list[dict]) -> None:
     """Final numbers, timing and the curves; called on success, Ctrl-C and divergence alike."""
     train_seconds = sum(r["epoch_time_s"] for r in history)
-    results.update(
+    run.results.update(
         epochs_completed=len(history),
         final=finite_or_none({k: history[-1][k] for k in ("loss", "accuracy", "val_loss", "val_accuracy")}) if history else None,
-        wall_time_s=time.perf_counter() - wall_start, train_time_s=train_seconds,
-        images_per_second=sum(r["num_batches"] for r in history) * results["config"]["batch_size"] / train_seconds if history else None,
+        train_time_s=train_seconds,
+        images_per_second=sum(r["num_batches"] for r in history) * run.results["config"]["batch_size"] / train_seconds if history else None,
     )
     if history:
-        plot_history(history, out / "curves.png", f"{VERSION}: {results['status']} after {len(history)} epochs")
-    (out / "results.json").write_text(json.dumps(results, indent=2, allow_nan=False, default=str) + "\n")
+        plot_history(history, run.out / "curves.png", f"{VERSION}: {run.results['status']} after {len(history)} epochs")
+    run.save()
 
 
 def cli(argv=None) -> int:
     """main() with exit codes: 0 done, 1 diverged, 2 data/usage problem, 130 Ctrl-C."""
     try:
         main(argv)
-    except (DataNotFoundError, UsageError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except TrainingDiverged as err:
-        print(f"stopped: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("\ninterrupted: history.jsonl, results.json and the best checkpoint so far are kept.", file=sys.stderr)
-        return 130
+    except SystemExit as stop:
+        return int(stop.code or 0)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

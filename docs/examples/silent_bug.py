@@ -10,14 +10,24 @@ Fashion-MNIST. The buggy one learns too (its loss falls, its accuracy is far abo
 chance), so nothing looks wrong, until `verify_gradient_flow` (one backward pass
 of the loss) lists every parameter that gets no gradient.
 
-    python docs/examples/silent_bug.py                        # about a minute on one CPU thread
+What the fix is worth differs from seed to seed by points, so `--seeds` trains
+both models for each seed and ends with the mean and spread. The run is
+deterministic on the CPU: the same seed, thread count and machine give the same
+numbers bit for bit (another CPU may pick other kernels and round differently;
+the output's `CPU:` line names what its numbers hold for).
+
+    python docs/examples/silent_bug.py                        # seed 0, under a minute on one CPU thread
+    python docs/examples/silent_bug.py --seeds 0 1 2 3 4      # mean and spread over five seeds
     python docs/examples/silent_bug.py --steps 100 --train-size 2000
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
+import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -90,18 +100,22 @@ def load_gradient_flow_check():
     return module.verify_gradient_flow
 
 
-def load_data(data_dir, train_size: int, val_size: int, seed: int):
-    """Training and validation images from Fashion-MNIST's training file, [0, 1], (N, 1, 28, 28)."""
+def load_data(data_dir):
+    """Fashion-MNIST's training file: images in [0, 1], (60000, 1, 28, 28), and labels."""
     from torchvision.datasets import FashionMNIST
 
     from shared.data import fashion_mnist_root
 
     root = fashion_mnist_root(data_dir)
     data = FashionMNIST(str(root), train=True, download=False)
-    order = torch.randperm(len(data.targets), generator=torch.Generator().manual_seed(seed))
-    images = data.data.unsqueeze(1).float().div(255.0)
+    return data.data.unsqueeze(1).float().div(255.0), data.targets
+
+
+def split(images, labels, train_size: int, val_size: int, seed: int):
+    """A seeded draw of training and validation images (disjoint) from the training file."""
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
     train_idx, val_idx = order[val_size:val_size + train_size], order[:val_size]
-    return images[train_idx], data.targets[train_idx], images[val_idx], data.targets[val_idx]
+    return images[train_idx], labels[train_idx], images[val_idx], labels[val_idx]
 
 
 @torch.no_grad()
@@ -146,6 +160,53 @@ def dead_blocks(parameter_names: list[str]) -> list[str]:
     return blocks
 
 
+def machine_line(threads: int) -> str:
+    """What the numbers are bit for bit reproducible on: the same CPU, kernels and thread count.
+    Another CPU model, vector instruction set (torch picks kernels by it) or thread count sums in
+    another order and gives other numbers; docs/debugging.md quotes this line beside its numbers."""
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    return (f"CPU: {cpu}, {torch.backends.cpu.get_cpu_capability()} kernels, {threads} thread"
+            f"{'s' if threads > 1 else ''}, torch {torch.__version__}")
+
+
+def last_loss(run: dict) -> float:
+    """The training loss a learner reads off the curve: the mean of the last 20 steps."""
+    return sum(run["losses"][-20:]) / len(run["losses"][-20:])
+
+
+def seed_line(seed: int, runs: dict) -> str:
+    """One seed's result in one line; docs/debugging.md quotes these lines verbatim."""
+    buggy, fixed = runs["buggy: head(x1)"], runs["fixed: head(x1_up)"]
+    gap = 100 * (fixed["curve"][-1]["val_accuracy"] - buggy["curve"][-1]["val_accuracy"])
+    return (f"seed {seed}: validation accuracy buggy {buggy['curve'][-1]['val_accuracy']:.2%}, fixed "
+            f"{fixed['curve'][-1]['val_accuracy']:.2%}, the fix is worth {gap:+.2f} points; training loss "
+            f"buggy {last_loss(buggy):.3f}, fixed {last_loss(fixed):.3f}")
+
+
+def summarize(per_seed: list[dict]) -> dict:
+    """Mean and sample standard deviation (n - 1) over the seeds, in percent and points."""
+    columns = {
+        "buggy_accuracy": [100 * s["runs"]["buggy: head(x1)"]["curve"][-1]["val_accuracy"] for s in per_seed],
+        "fixed_accuracy": [100 * s["runs"]["fixed: head(x1_up)"]["curve"][-1]["val_accuracy"] for s in per_seed],
+    }
+    columns["gap_points"] = [f - b for b, f in zip(columns["buggy_accuracy"], columns["fixed_accuracy"])]
+    return {name: {"values": values, "mean": statistics.mean(values),
+                   "std": statistics.stdev(values) if len(values) > 1 else None}
+            for name, values in columns.items()}
+
+
+def summary_line(seeds: list[int], summary: dict) -> str:
+    """The mean ± std line of several seeds; docs/debugging.md quotes it verbatim."""
+    b, f, g = summary["buggy_accuracy"], summary["fixed_accuracy"], summary["gap_points"]
+    return (f"seeds {', '.join(map(str, seeds))} (mean ± std): validation accuracy buggy {b['mean']:.2f}% ± "
+            f"{b['std']:.2f}, fixed {f['mean']:.2f}% ± {f['std']:.2f}, the fix is worth {g['mean']:+.2f} ± "
+            f"{g['std']:.2f} points")
+
+
 def plot(results: dict, path: Path) -> None:
     import matplotlib
 
@@ -153,8 +214,9 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
-    dead = max(run["dead_parameters"] / run["parameters"] for run in results["runs"].values())
-    for label, run in results["runs"].items():
+    first = results["per_seed"][0]  # the curves of the first seed
+    dead = max(run["dead_parameters"] / run["parameters"] for run in first["runs"].values())
+    for label, run in first["runs"].items():
         losses = run["losses"]
         window = max(1, len(losses) // 30)
         smooth = [sum(losses[max(0, i - window + 1):i + 1]) / len(losses[max(0, i - window + 1):i + 1])
@@ -162,7 +224,8 @@ def plot(results: dict, path: Path) -> None:
         ax_loss.plot(range(1, len(losses) + 1), smooth, label=label)
         ax_acc.plot([p["step"] for p in run["curve"]], [p["val_accuracy"] for p in run["curve"]], marker="o",
                     label=label)
-    ax_loss.set(xlabel="step", ylabel="training loss (moving mean)", title="Both curves look like training")
+    ax_loss.set(xlabel="step", ylabel="training loss (moving mean)",
+               title=f"Both curves look like training (seed {first['seed']})")
     ax_acc.set(xlabel="step", ylabel="validation accuracy",
                title=f"Nothing here says that {dead:.0%} of the weights are dead")
     ax_acc.axhline(0.1, color="grey", linestyle=":", label="chance")
@@ -184,37 +247,32 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=400, help="training steps of each model")
     p.add_argument("--batch-size", type=int, default=64, help="images per step")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate")
-    p.add_argument("--seed", type=int, default=0, help="seed of the init, the split and the batch order")
+    p.add_argument("--seeds", "--seed", type=int, nargs="+", default=[0], metavar="SEED",
+                   help="seeds of the init, the split and the batch order; both models are trained for each, "
+                        "and with several seeds a mean ± std line closes the output")
     p.add_argument("--eval-every", type=int, default=100, help="steps between validation measurements")
-    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (another count can round "
+                   "differently: the numbers are bit for bit the same only at the same count)")
     p.add_argument("--out", type=Path, default=OUT_DIR, help="where silent_bug.png and silent_bug.json go")
     args = p.parse_args(argv)
     if min(args.train_size, args.val_size, args.steps, args.batch_size, args.eval_every, args.threads) < 1:
         p.error("sizes, --steps, --batch-size, --eval-every and --threads must be >= 1")
+    if len(set(args.seeds)) != len(args.seeds):
+        p.error(f"--seeds must differ: {args.seeds}")
     return args
 
 
-def main(argv=None) -> dict:
-    args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    from shared.data import DataNotFoundError
-
-    try:
-        train_x, train_y, val_x, val_y = load_data(args.data_dir, args.train_size, args.val_size, args.seed)
-    except DataNotFoundError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    verify_gradient_flow = load_gradient_flow_check()
-    results = {"command": " ".join(["python docs/examples/silent_bug.py", *(sys.argv[1:] if argv is None else argv)]),
-               "torch_version": torch.__version__, "threads": args.threads, "train_size": len(train_y),
-               "val_size": len(val_y), "steps": args.steps, "runs": {}}
-    print(f"Fashion-MNIST: {len(train_y)} training, {len(val_y)} validation images; {args.steps} Adam steps of "
-          f"{args.batch_size} per model, seed {args.seed}")
+def train_both(args, seed: int, data, verify_gradient_flow) -> dict:
+    """The buggy and the fixed model, same seed, same data, same batches; then the gradient-flow check."""
+    train_x, train_y, val_x, val_y = split(*data, args.train_size, args.val_size, seed)
+    print(f"\nFashion-MNIST: {len(train_y)} training, {len(val_y)} validation images; {args.steps} Adam steps of "
+          f"{args.batch_size} per model, seed {seed}")
+    runs = {}
     for label, buggy in (("buggy: head(x1)", True), ("fixed: head(x1_up)", False)):
-        torch.manual_seed(args.seed)
+        torch.manual_seed(seed)
         model = UNetClassifier(buggy=buggy)
         started = time.perf_counter()
-        run = train(model, train_x, train_y, val_x, val_y, args.steps, args.batch_size, args.lr, args.seed,
+        run = train(model, train_x, train_y, val_x, val_y, args.steps, args.batch_size, args.lr, seed,
                     args.eval_every)
         run["seconds"] = time.perf_counter() - started
         check = verify_gradient_flow(model, train_x[:64], train_y[:64], F.cross_entropy)
@@ -223,20 +281,58 @@ def main(argv=None) -> dict:
         dead = sum(p.numel() for name, p in model.named_parameters() if name in without)
         run.update(gradient_flow_passed=check.passed, without_gradient=without, dead_blocks=dead_blocks(without),
                    parameters=total, dead_parameters=dead)
-        results["runs"][label] = run
-        first, last = run["losses"][0], sum(run["losses"][-20:]) / len(run["losses"][-20:])
-        print(f"\n{label}: training loss {first:.3f} -> {last:.3f} (mean of the last 20 steps), validation "
-              f"accuracy " + ", ".join(f"{p['val_accuracy']:.1%}" for p in run["curve"])
+        runs[label] = run
+        print(f"\n{label}: training loss {run['losses'][0]:.3f} -> {last_loss(run):.3f} (mean of the last 20 "
+              f"steps), validation accuracy " + ", ".join(f"{p['val_accuracy']:.1%}" for p in run["curve"])
               + f" ({run['seconds']:.0f} s)")
         print("  " + check.report().replace("\n", "\n  "))
         if without:
             print(f"  dead blocks: {', '.join(run['dead_blocks'])}: {dead:,} of {total:,} parameters "
                   f"({dead / total:.0%}) never get a gradient")
-    buggy, fixed = results["runs"]["buggy: head(x1)"], results["runs"]["fixed: head(x1_up)"]
-    gap = fixed["curve"][-1]["val_accuracy"] - buggy["curve"][-1]["val_accuracy"]
-    results["final_accuracy_gap"] = gap
-    print(f"\nAfter {args.steps} steps the fix is worth {gap:+.1%} validation accuracy; the buggy model "
-          f"looked like it trained, and only the gradient-flow check said why it is worse.")
+    print("\n" + seed_line(seed, runs))
+    return {"seed": seed, "runs": runs}
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    # Same seed, same machine, CPU: the same numbers bit for bit. The generators above fix the data,
+    # the init and the batches; one thread fixes the order of the sums; deterministic algorithms make
+    # PyTorch refuse (raise) instead of silently running a kernel that rounds differently run to run.
+    # Restored at the end, for whoever calls main() in-process (the tests).
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.set_num_threads(args.threads)
+    torch.use_deterministic_algorithms(True)
+    try:
+        return run_seeds(args, argv)
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+
+
+def run_seeds(args, argv) -> dict:
+    from shared.data import DataNotFoundError
+
+    try:
+        data = load_data(args.data_dir)
+    except DataNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    verify_gradient_flow = load_gradient_flow_check()
+    results = {"command": " ".join(["python docs/examples/silent_bug.py", *(sys.argv[1:] if argv is None else argv)]),
+               "torch_version": torch.__version__, "device": "cpu", "threads": args.threads,
+               "train_size": args.train_size, "val_size": args.val_size, "steps": args.steps,
+               "machine": machine_line(args.threads), "seeds": args.seeds, "per_seed": []}
+    print(results["machine"])
+    for seed in args.seeds:
+        results["per_seed"].append(train_both(args, seed, data, verify_gradient_flow))
+    results["summary"] = summarize(results["per_seed"])
+    gap = results["summary"]["gap_points"]
+    if len(args.seeds) > 1:
+        print("\n" + summary_line(args.seeds, results["summary"]))
+    over = f" (mean of {len(args.seeds)} seeds)" if len(args.seeds) > 1 else f" (seed {args.seeds[0]})"
+    print(f"\nAfter {args.steps} steps the fix is worth {gap['mean']:+.2f} points of validation accuracy{over}; "
+          f"the buggy model looked like it trained, and only the gradient-flow check said why it is worse.")
     args.out.mkdir(parents=True, exist_ok=True)
     plot(results, args.out / "silent_bug.png")
     (args.out / "silent_bug.json").write_text(json.dumps(results, indent=1))

@@ -1,8 +1,9 @@
 """Turn a training run's per-epoch records into a diagnosis with recommendations (seed 004).
 
-    python scripts/analyze_diagnostics.py results            # a run folder (main.py's --out)
-    python scripts/analyze_diagnostics.py results/diagnostics/train_diagnostics.jsonl
-    python -m scripts.analyze_diagnostics --file results/diagnostics/train_diagnostics.jsonl
+    python scripts/analyze_diagnostics.py                    # the newest run: outputs/latest
+    python scripts/analyze_diagnostics.py outputs/2026-12-04_14-03-11-full   # a run folder (or main.py's --out)
+    python scripts/analyze_diagnostics.py outputs/latest/diagnostics/train_diagnostics.jsonl
+    python -m scripts.analyze_diagnostics --file results/real/diagnostics/train_diagnostics.jsonl
 
 Reads the training records (train_diagnostics.jsonl, or a history.jsonl of v1/v2), the
 validation records beside them (val_diagnostics.jsonl, or history.jsonl's val_loss and
@@ -26,6 +27,11 @@ import statistics
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.append(str(REPO_ROOT))  # shared/runs.py: what a run folder is (outputs/latest), atomic writes
+from shared.runs import LATEST, RESULTS_FILE, RunFolderError, resolve_run_dir, save_figure  # noqa: E402
 
 # ---- learning-rate schedule ----
 # Two logged LRs are "the same" within this relative difference: the constant stretch of a step
@@ -155,7 +161,7 @@ VAL_NOISE_LR_FRACTION = 0.5
 KNOWN_KEYS = {"epoch", "loss", "accuracy", "learning_rate", "mean_grad_norm", "min_grad_norm",
               "max_grad_norm", "weight_update_norm", "grad_update_norm", "decay_update_norm",
               "loss_scale", "num_batches", "val_loss", "val_accuracy"}
-DEFAULT_FILE = Path("results/diagnostics/train_diagnostics.jsonl")
+DEFAULT_RUN = Path(__file__).resolve().parents[1] / "outputs"  # this version's runs; the newest is outputs/latest
 DOC = "cifar100/v2-diagnostics/DIAGNOSTICS.md"
 UNDECIDED_HINT = "Rerun with --accuracy-unit percent or --accuracy-unit fraction."
 
@@ -1095,7 +1101,7 @@ def plot_curves(records: list[dict], path: Path, title: str, val_records: list[d
         ax.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)  # atomically: the PNG is whole or absent
     plt.close(fig)
     return path
 
@@ -1108,7 +1114,15 @@ class InputError(Exception):
 
 def find_inputs(target: Path | None, val_file: Path | None, results_file: Path | None):
     """(train file, validation file or None, results.json or None) for a run folder or a file."""
-    train = target or DEFAULT_FILE
+    if target is None and not (DEFAULT_RUN / LATEST).exists():
+        raise InputError(f"no run yet in {DEFAULT_RUN} (outputs/latest names the newest): train with main.py first, "
+                         "or give a run folder (runs made before outputs/ existed: results/) or a JSONL file")
+    train = target or DEFAULT_RUN
+    if train.name in (LATEST, RESULTS_FILE) or (train.is_dir() and (train / LATEST).exists()):
+        try:  # outputs/ or outputs/latest: the newest run's folder, by its own name; a results.json: its folder
+            train = resolve_run_dir(train)
+        except RunFolderError as err:
+            raise InputError(str(err)) from None
     if train.is_dir():
         candidates = [train / "diagnostics" / "train_diagnostics.jsonl", train / "train_diagnostics.jsonl",
                       train / "history.jsonl"]
@@ -1157,8 +1171,9 @@ def read_run(train_path: Path, val_path: Path | None, results_path: Path | None)
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", nargs="?", type=Path, default=None,
-                   help=f"a run folder (main.py's --out), its diagnostics/ folder, or a JSONL file "
-                        f"(default: {DEFAULT_FILE})")
+                   help="a run folder (outputs/<date>_<time>-<mode>/ or main.py's --out), outputs/ or outputs/latest "
+                        "(the newest run), its diagnostics/ folder, its results.json, or a JSONL file "
+                        "(default: this version's outputs/latest)")
     p.add_argument("--file", type=Path, default=None, help="the training JSONL file (same as giving it as RUN)")
     p.add_argument("--val-file", type=Path, default=None,
                    help="validation JSONL (default: val_diagnostics.jsonl beside the file; "

@@ -1,6 +1,7 @@
 """The training curves, drawn from history.jsonl's records (never from separate bookkeeping)."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -8,6 +9,11 @@ import matplotlib
 matplotlib.use("Agg")  # runs on servers without a display
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.append(str(REPO_ROOT))  # shared/runs.py: atomic writes
+from shared.runs import save_figure  # noqa: E402
 
 
 def _series(history: list[dict], key: str):
@@ -36,6 +42,6 @@ def plot_history(history: list[dict], path: Path, title: str) -> Path:
         ax.legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)  # atomically: a run stopped while plotting never leaves half a PNG
     plt.close(fig)
     return path
