@@ -386,7 +386,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="tiny subset and 1 epoch: every code path in seconds")
     p.add_argument("--preflight", action="store_true", help="run only the checks; exit code 1 if one fails")
     p.add_argument("--out", type=Path, default=None,
-                   help="exactly this folder (default: a new dated folder under outputs/)")
+                   help="exactly this folder; without it, a new dated folder under outputs/")
     p.add_argument("--overwrite", action="store_true",
                    help="let --out reuse a folder that already holds a run's results")
     p.add_argument("--data-dir", type=existing_dir, default=DATA_DIR, help="folder with train/<wnid>/ and val/<wnid>/")
