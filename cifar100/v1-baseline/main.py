@@ -56,7 +56,7 @@ AMP = True  # autocast to float16 on GPUs plus GradScaler (the scaler runs on ev
 NUM_WORKERS = None  # None: one per CPU core (up to 12), 0 with --quick
 OUTPUTS = Path(__file__).resolve().parent / "outputs"  # every run a new dated folder in here; outputs/latest: the newest
 OUT = None  # None: a new folder under OUTPUTS; --out DIR: exactly DIR
-# --quick: every code path and output; 1.5-3 minutes on 2 CPU cores, 6-25 s with --width 8 (../README.md)
+# --quick: every code path and output; about 20 s on 2 idle CPU cores, 7 s with --width 8 (../README.md)
 QUICK_TRAIN, QUICK_TEST, QUICK_EPOCHS, QUICK_BATCH = 320, 100, 2, 32
 
 

@@ -64,7 +64,7 @@ OUT = None  # None: a new folder under OUTPUTS; --out DIR: exactly DIR
 TRAIN_DIAGNOSTICS = ("epoch", "loss", "accuracy", "learning_rate", "mean_grad_norm", "min_grad_norm", "max_grad_norm",
                      "weight_update_norm", "grad_update_norm", "decay_update_norm", "loss_scale", "num_batches")
 VAL_DIAGNOSTICS = ("epoch", "loss", "accuracy", "learning_rate", "num_batches")
-# --quick: every code path and output; 1.5-3 minutes on 2 CPU cores, 6-25 s with --width 8 (../README.md)
+# --quick: every code path and output; about 20 s on 2 idle CPU cores, 7 s with --width 8 (../README.md)
 QUICK_TRAIN, QUICK_TEST, QUICK_EPOCHS, QUICK_BATCH = 320, 100, 2, 32
 
 
