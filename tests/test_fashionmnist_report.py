@@ -194,3 +194,28 @@ def test_train_vs_test_plot_keeps_its_legend_off_the_bars(v10, tmp_path, monkeyp
         assert not legend_box.overlaps(ax.get_window_extent(renderer)), ax.get_title()
         low = ax.get_ylim()[0]
         assert all(bar.get_height() > low for bar in ax.patches), ax.get_title()  # 0.42 and 0.31 visible
+
+
+def test_saturated_mistakes_are_ranked_by_their_logit_gap():
+    """float32's softmax gives exactly 1.0 for every logit gap above ~17: among such mistakes the
+    gap to the runner-up decides the order, and each record carries it for the title."""
+    import torch
+
+    gaps = [30.0, 40.0, 2.0, 25.0, 35.0]  # all but 2.0 saturate to p = 1.0
+    logits = torch.zeros(len(gaps), 10)
+    for i, gap in enumerate(gaps):
+        logits[i, 1] = gap  # predicted class 1, runner-up at 0
+    labels = torch.zeros(len(gaps), dtype=torch.long)  # every prediction is wrong
+
+    class Fixed(torch.nn.Module):
+        def forward(self, x):
+            return logits[x.flatten().long()]
+
+    with VersionContext(V10):
+        import metrics
+
+        loader = [(torch.arange(len(gaps)).float()[:, None], labels)]
+        mistakes = metrics.compute_detailed_metrics(Fixed(), loader, "cpu", 10)["most_confident_mistakes"]
+    assert [m["confidence"] for m in mistakes[:4]] == [1.0] * 4  # the probability alone cannot rank them
+    assert [m["index"] for m in mistakes] == [1, 4, 0, 3, 2]
+    assert [m["margin"] for m in mistakes] == pytest.approx([40.0, 35.0, 30.0, 25.0, 2.0])

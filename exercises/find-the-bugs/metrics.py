@@ -31,14 +31,16 @@ def compute_detailed_metrics(model, loader, device, num_classes: int = 10, num_m
     percentage points: differences smaller than that are noise, not progress.
     """
     model.eval()
-    all_probs, all_labels, total_loss = [], [], 0.0
+    all_probs, all_margins, all_labels, total_loss = [], [], [], 0.0
     for images, labels in loader:
         images, labels = images.to(device), labels.to(device)
         logits = model(images)
         total_loss += F.cross_entropy(logits, labels, reduction="sum").item()
         all_probs.append(F.softmax(logits, dim=1).cpu())
+        top2 = logits.float().topk(2, dim=1).values
+        all_margins.append((top2[:, 0] - top2[:, 1]).cpu())  # logit gap to the runner-up
         all_labels.append(labels.cpu())
-    probs, labels = torch.cat(all_probs), torch.cat(all_labels)
+    probs, margins, labels = torch.cat(all_probs), torch.cat(all_margins), torch.cat(all_labels)
     n = len(labels)
     predicted = probs.argmax(1)
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
@@ -52,7 +54,11 @@ def compute_detailed_metrics(model, loader, device, num_classes: int = 10, num_m
     top_k = probs.topk(min(5, num_classes), dim=1).indices
     accuracy = (predicted == labels).float().mean().item()
     wrong = (predicted != labels).nonzero().flatten()
-    confident_wrong = wrong[probs[wrong, predicted[wrong]].argsort(descending=True)][:num_mistakes]
+    # Most confident first. float32's softmax rounds every logit gap above ~17 to exactly 1.0, so
+    # among equal probabilities the gap to the runner-up (it does not saturate) decides the order.
+    by_margin = wrong[margins[wrong].argsort(descending=True, stable=True)]
+    confident_wrong = by_margin[probs[by_margin, predicted[by_margin]].argsort(descending=True, stable=True)]
+    confident_wrong = confident_wrong[:num_mistakes]
     return {
         "num_samples": n,
         "loss": total_loss / n,
@@ -68,7 +74,8 @@ def compute_detailed_metrics(model, loader, device, num_classes: int = 10, num_m
         "confusion_matrix": confusion.tolist(),
         "most_confident_mistakes": [
             {"index": i, "true": labels[i].item(), "predicted": predicted[i].item(),
-             "confidence": probs[i, predicted[i]].item()} for i in confident_wrong.tolist()],
+             "confidence": probs[i, predicted[i]].item(), "margin": margins[i].item()}
+            for i in confident_wrong.tolist()],
     }
 
 

@@ -219,7 +219,8 @@ def plot_misclassifications(images, mistakes: list[dict], classes, out_path: Pat
     for ax, m in zip(axes.flat, mistakes):
         ax.imshow(images[m["index"]].squeeze(0).cpu().numpy(), cmap="gray", vmin=0, vmax=1)
         ax.set_title(f"true: {classes[m['true']]}\npred: {classes[m['predicted']]}\n"
-                     f"{confidence_text(m['confidence'])}", fontsize=8)
+                     f"{confidence_text(m['confidence'])}"
+                     + (f", logit gap {m['margin']:.1f}" if "margin" in m else ""), fontsize=8)
     fig.suptitle(f"Top-{len(mistakes)} most confident mistakes (test set)")
     fig.tight_layout()
     save_figure(fig, out_path, dpi=100)
