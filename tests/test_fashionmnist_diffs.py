@@ -124,3 +124,43 @@ def test_v8_adds_compare_runs_and_nothing_else():
 def test_v7_and_v8_keep_every_check(version):
     """They add no check: debug_tools.py is v6's, byte for byte."""
     assert (REPO_ROOT / version / "debug_tools.py").read_bytes() == (REPO_ROOT / V6 / "debug_tools.py").read_bytes()
+
+
+# v11-step3 (recipe step 3, overfit) against v10-step2: the ResNet, Adam 3e-4 without regularisation,
+# the schedule check and plot (v5's, verbatim), the capacity check; complexify.py is new; metrics.py
+# is not part of the lesson and stays v10's byte for byte.
+V10, V11 = "fashionmnist/v10-step2", "fashionmnist/v11-step3"
+V11_CHANGED = {"README.md", "FAZIT.md", "train.py", "debug_tools.py", "visualization.py"}
+V11_ADDED = {"complexify.py"}
+# train.py: MyNN gives way to BasicBlock and ResNet; the phases that wire in the new checks, flags and
+# model change; everything else (data, loss, optimizer, step, epoch, plumbing) is v10's to the character.
+V11_WIRING = {"parse_args", "start_run", "checks_before_training", "analyse", "main"}
+V11_NEW_DEFINITIONS = {"train.py": {"BasicBlock", "ResNet"}, "debug_tools.py": {"_thin", "verify_lr_schedule",
+                                                                                "verify_capacity"},
+                       "visualization.py": {"plot_lr_schedule"}}
+# Copied verbatim from the version that introduced them, so that one fix reaches every copy.
+V11_FROM_V6 = {"debug_tools.py": ["_thin", "verify_lr_schedule"], "visualization.py": ["plot_lr_schedule"],
+               "train.py": ["BasicBlock"]}
+
+
+def test_v11_changes_only_the_declared_files():
+    assert files_of(V11) == files_of(V10) | V11_ADDED, sorted(files_of(V11) ^ (files_of(V10) | V11_ADDED))
+    differing = {name for name in files_of(V10)
+                 if (REPO_ROOT / V11 / name).read_bytes() != (REPO_ROOT / V10 / name).read_bytes()}
+    assert differing == V11_CHANGED, f"{V11} differs from {V10} in {sorted(differing)}, declared: {sorted(V11_CHANGED)}"
+
+
+@pytest.mark.parametrize("file", sorted(V11_NEW_DEFINITIONS))
+def test_v11_keeps_v10s_code_and_adds_its_idea(file):
+    previous, current = definitions(V10, file), definitions(V11, file)
+    removed = {"MyNN"} if file == "train.py" else set()
+    assert set(current) == (set(previous) - removed) | V11_NEW_DEFINITIONS[file]
+    changed = {name for name in set(previous) & set(current) if previous[name] != current[name]}
+    assert changed == (V11_WIRING if file == "train.py" else set()), f"{file}: {sorted(changed)} changed"
+
+
+@pytest.mark.parametrize("file", sorted(V11_FROM_V6))
+def test_v11_copies_v6s_schedule_check_verbatim(file):
+    v6, v11 = definitions(V6, file), definitions(V11, file)
+    for name in V11_FROM_V6[file]:
+        assert v11[name] == v6[name], f"{V11}/{file}: {name} differs from {V6}'s"

@@ -222,7 +222,7 @@ def test_lr_schedule_fails_on_a_decay_planned_in_epochs(v4):
     check, _, _ = schedule_check(v4, scheduler_for=lambda optimizer: torch.optim.lr_scheduler.LinearLR(
         optimizer, start_factor=1.0, end_factor=0.01, total_iters=EPOCHS))
     assert not check.passed and check.details["lowest_step"] == EPOCHS, check.report()
-    assert "more than an epoch before the end" in check.hint
+    assert "steps before the end: the schedule's length does not match" in check.hint
 
 
 def test_lr_schedule_fails_when_stepped_twice_per_batch(v4, monkeypatch):
