@@ -444,3 +444,113 @@ def test_the_readme_links_docs_and_the_exercise():
     readme = (REPO_ROOT / "README.md").read_text()
     for target in ("docs/debugging.md", "docs/questions.md", "docs/solutions.md", "exercises/find-the-bugs"):
         assert f"]({target}" in readme, target
+
+
+# ---------------------------------------------------------------------------
+# Numbers quoted from the committed records (issue 25): each expected phrase is built from the
+# records under runs/, so a doc whose number drifts from its record fails here.
+# ---------------------------------------------------------------------------
+RUNS = REPO_ROOT / "runs"
+
+
+def flat(path: Path) -> str:
+    """A Markdown file's text with every run of whitespace (line breaks included) made one space."""
+    return " ".join(path.read_text().split())
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_cifar100_v1_weight_update_norm_is_the_real_runs():
+    history = read_jsonl(RUNS / "2026-11-24-h100-cifar100" / "v1_e30" / "history.jsonl")
+    at_01 = [r["weight_update_norm"] for r in history if r["learning_rate"] == 0.1]
+    after = [r for r in history if r["learning_rate"] < 0.1]
+    assert len({f"{v:.3f}" for v in at_01[1:]}) == 1  # "0.043 in every later epoch"
+    cut = after[0]["epoch"]
+    assert {f"{r['weight_update_norm']:.4f}" for r in after} == {f"{after[0]['weight_update_norm']:.4f}"}
+    expected = (f"it reads {at_01[0]:.3f} in epoch 1 and {at_01[1]:.3f} in every later epoch while the learning "
+                f"rate is 0.1 (median {sorted(at_01)[len(at_01) // 2]:.4f}), which looks like learning")
+    text = flat(REPO_ROOT / "cifar100" / "v1-baseline" / "README.md")
+    assert expected in text
+    assert (f"to {after[0]['weight_update_norm']:.4f}, with the learning rate's one cut (epoch {cut}, to "
+            f"{after[0]['learning_rate']:.2f})") in text
+
+
+def imagenette_val_curves(version: str) -> list[list[float]]:
+    """Validation accuracy (percent) per epoch of seeds 0, 1, 2."""
+    return [[100 * r["val_accuracy"] for r in read_jsonl(RUNS / "2026-11-24-h100-imagenette" / version / f"seed{s}" /
+                                                          "history.jsonl")] for s in range(3)]
+
+
+def test_imagenette_v3_and_v4_validation_swings_are_the_records():
+    v3, v4 = imagenette_val_curves("v3"), imagenette_val_curves("v4")
+    jumps = []
+    for curve in v3:  # (size of the largest jump, the epoch it lands in)
+        size, epoch = max((abs(curve[i] - curve[i - 1]), i + 1) for i in range(1, len(curve)))
+        jumps.append((size, epoch))
+    assert all(size > 10 for size, _ in jumps)  # "by more than 10 points ... in every seed"
+    span = lambda curve: max(curve[-5:]) - min(curve[-5:])  # noqa: E731
+    fazit3 = flat(REPO_ROOT / "imagenette" / "v3" / "FAZIT.md")
+    assert (f"at most {jumps[0][0]:.1f} (seed 0, epoch {jumps[0][1]}), {jumps[1][0]:.1f} (seed 1, epoch "
+            f"{jumps[1][1]}) and {jumps[2][0]:.1f} (seed 2, epoch {jumps[2][1]})") in fazit3
+    v3_spans = f"{span(v3[0]):.1f}, {span(v3[1]):.1f} and {span(v3[2]):.1f}"
+    last_five = ", ".join(f"{a:.1f}" for a in v3[2][-5:])
+    assert f"the last five epochs span {v3_spans} points (seed 2: {last_five})" in fazit3
+    fazit4 = flat(REPO_ROOT / "imagenette" / "v4" / "FAZIT.md")
+    assert (f"the last five epochs spans {span(v4[0]):.1f}, {span(v4[1]):.1f} and {span(v4[2]):.1f} points "
+            f"(seeds 0, 1, 2; v3's spanned {v3_spans})") in fazit4
+
+
+def test_fashionmnist_v8_cost_of_the_records_is_the_runs_alone():
+    v8 = json.loads((RUNS / "2026-11-24-h100" / "fashionmnist-v8-seed0-alone.results.json").read_text())
+    v6 = json.loads((RUNS / "2026-11-24-h100" / "fashionmnist-v6-seed0-alone.results.json").read_text())
+    assert v8["seed"] == v6["seed"] == 0 and v8["device"] == v6["device"]
+    shared = [json.loads((RUNS / "2026-11-24-h100" / f"fashionmnist-{v}-seed{s}.results.json").read_text())
+              for s in range(3) for v in ("v7", "v8")]
+    behind = [b["train_time_s"] - a["train_time_s"] for a, b in zip(shared[::2], shared[1::2])]
+    text = flat(REPO_ROOT / "fashionmnist" / "v8" / "FAZIT.md")
+    extra = v8["train_time_s"] - v6["train_time_s"]
+    assert (f"v8 trained for {v8['train_time_s']:.1f} s against v6's {v6['train_time_s']:.1f} s: "
+            f"+{extra:.1f} s, +{100 * extra / v6['train_time_s']:.1f}% (wall time {v8['wall_time_s']:.1f} s against "
+            f"{v6['wall_time_s']:.1f} s, +{100 * (v8['wall_time_s'] / v6['wall_time_s'] - 1):.1f}%") in text
+    assert f"only +{behind[0]:.1f}, +{behind[1]:.1f} and +{behind[2]:.1f} s of training time behind v7" in text
+    assert f"about {100 * extra / v6['train_time_s']:.0f}% of the training time" in text
+
+
+def test_preflight_times_are_the_records():
+    quick = RUNS / "2026-12-04-quickstart"
+    wall = re.search(r"^pre: real\s+(\d+)m([\d.]+)s", (quick / "cpu2-wall-times.txt").read_text(), flags=re.M)
+    command_s = f"{60 * int(wall[1]) + float(wall[2]):.0f} s"
+    inside = json.loads((quick / "cpu2-fashionmnist-v10-step2-preflight.results.json").read_text())
+    assert inside["command"] == "python train.py --preflight" and inside["device"] == "cpu"
+    old = json.loads((RUNS / "2026-11-24-cpu" / "fashionmnist-v10-step2-preflight.results.json").read_text())
+    assert (f"--preflight` on 2 CPU cores: {command_s} as a command, {inside['wall_time_s']:.1f} s inside the run "
+            f"([../runs/2026-12-04-quickstart](../runs/2026-12-04-quickstart)") in flat(REPO_ROOT / "fashionmnist" /
+                                                                                      "README.md")
+    fazit = flat(REPO_ROOT / "fashionmnist" / "v10-step2" / "FAZIT.md")
+    assert (f"took {old['wall_time_s']:.1f} s inside `main()` on 2026-11-24, of which the checks "
+            f"{old['checks_time_s']:.1f} s (the input-independent baseline "
+            f"{old['checks']['input_independent_baseline']['seconds']:.1f} s)") in fazit
+    assert f"it took {command_s}, {inside['wall_time_s']:.1f} s of them inside `main()`" in fazit
+    assert f"({command_s} on 2 CPU cores)" in flat(REPO_ROOT / "fashionmnist" / "v10-step2" / "README.md")
+    assert f"({command_s} on 2 CPU cores: runs/2026-12-04-quickstart)" in flat(DOCS / "debugging.md")
+
+
+def test_imagenette_readme_names_the_seeds_of_the_records():
+    root = RUNS / "2026-11-24-h100-imagenette"
+    seeds = {v: sorted(int(p.name[4:]) for p in (root / v).glob("seed*")) for v in ("v1", "v2", "v3", "v4", "v5")}
+    assert all(s == [0, 1, 2] for s in seeds.values()), seeds
+    v6 = [sorted(int(p.name[4:]) for p in (root / "v6" / arm).glob("seed*")) for arm in ("v6a", "v6b")]
+    assert v6[0] == v6[1]
+    text = flat(REPO_ROOT / "imagenette" / "README.md")
+    assert f"over seeds 0, 1, 2 (v6: seeds {v6[0][0]} to {v6[0][-1]})" in text
+
+
+def test_imagenette_v7_gradient_flow_ranges_are_the_records():
+    values = {}
+    for path in sorted((RUNS / "2026-11-24-h100-imagenette" / "v7").glob("*/*/results.json")):
+        record = json.loads(path.read_text())
+        values.setdefault(record["config"]["arch"], []).append(record["checks"]["gradient_flow"]["value"])
+    ranges = " / ".join(f"{min(values[a]):.2f}-{max(values[a]):.2f}" for a in ("resnet18", "resnet34", "resnet50"))
+    assert f"it read {ranges} for ResNet18 / 34 / 50" in flat(REPO_ROOT / "imagenette" / "v7" / "FAZIT.md")
