@@ -554,3 +554,53 @@ def test_imagenette_v7_gradient_flow_ranges_are_the_records():
         values.setdefault(record["config"]["arch"], []).append(record["checks"]["gradient_flow"]["value"])
     ranges = " / ".join(f"{min(values[a]):.2f}-{max(values[a]):.2f}" for a in ("resnet18", "resnet34", "resnet50"))
     assert f"it read {ranges} for ResNet18 / 34 / 50" in flat(REPO_ROOT / "imagenette" / "v7" / "FAZIT.md")
+
+
+def first_epoch_at(curve: list[float], level: float) -> int:
+    return next(epoch for epoch, accuracy in enumerate(curve, start=1) if accuracy >= level)
+
+
+def mean_std(values) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof=1)."""
+    mean = sum(values) / len(values)
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def imagenette_train_curves(version: str) -> list[list[float]]:
+    return [[100 * r["train_accuracy"] for r in read_jsonl(RUNS / "2026-11-24-h100-imagenette" / version /
+                                                            f"seed{s}" / "history.jsonl")] for s in range(3)]
+
+
+def test_imagenette_v1_and_v2_speed_claims_are_over_the_seeds():
+    v1, v2 = imagenette_val_curves("v1"), imagenette_val_curves("v2")
+    first = {v: [first_epoch_at(c, 51) for c in curves] for v, curves in (("v1", v1), ("v2", v2))}
+    (m1, s1), (m2, s2) = mean_std(first["v1"]), mean_std(first["v2"])
+    text = flat(REPO_ROOT / "imagenette" / "v2" / "FAZIT.md")
+    assert (f"is {first['v2'][0]}, {first['v2'][1]} and {first['v2'][2]} for v2 (seeds 0, 1, 2; {m2:.1f} ± {s2:.1f}) "
+            f"against {first['v1'][0]}, {first['v1'][1]} and {first['v1'][2]} for v1 ({m1:.1f} ± {s1:.1f}): "
+            f"{m1 - m2:.1f} epochs earlier") in text
+    train = imagenette_train_curves("v1")
+    start, end = mean_std([c[0] for c in train]), mean_std([c[-1] for c in train])
+    val_end = mean_std([c[-1] for c in v1])
+    text = flat(REPO_ROOT / "imagenette" / "v1" / "FAZIT.md")
+    assert (f"climbs from {start[0]:.1f} ± {start[1]:.1f}% in epoch 1 to {end[0]:.2f} ± {end[1]:.2f}% in epoch "
+            f"{len(train[0])}, and validation follows it closely ({val_end[0]:.2f} ± {val_end[1]:.2f}% in epoch "
+            f"{len(v1[0])}; seeds 0, 1, 2)") in text
+    assert (f"(seed 0: {v1[0][16]:.0f}% at epoch 17, {v1[0][18]:.0f}% at 19)") in text
+
+
+def test_cifar100_one_seed_comparison_says_so():
+    """v1 with the clipping fixed against v2 with v1's scheduler: one run each, and the READMEs say
+    which seed, with the numbers of those two records."""
+    runs = RUNS / "2026-11-24-h100-cifar100"
+    fixed, plateau = (json.loads((runs / name / "results.json").read_text()) for name in ("v1_clipfix_e30",
+                                                                                          "v2_plateau_e30"))
+    assert fixed["seed"] == plateau["seed"] == 0
+    train = [read_jsonl(runs / name / "history.jsonl")[-1]["accuracy"] for name in ("v1_clipfix_e30", "v2_plateau_e30")]
+    v2 = flat(REPO_ROOT / "cifar100" / "v2-diagnostics" / "README.md")
+    assert (f"in one run each (seed {fixed['seed']}): {train[0]:.2f}% against {train[1]:.2f}% training accuracy, "
+            f"{fixed['test_accuracy']:.2f}% against {plateau['test_accuracy']:.2f}% test") in v2
+    v1 = flat(REPO_ROOT / "cifar100" / "v1-baseline" / "README.md")
+    assert f"in this one run per side: {train[0]:.2f}% against {train[1]:.2f}%" in v1
+    # the published figure names its source, not a range from nowhere
+    assert "75-78%" not in v2 and "weiaicunzai/pytorch-cifar100" in v2 and "top-1 error of 24.39%" in v2
