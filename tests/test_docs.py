@@ -604,3 +604,122 @@ def test_cifar100_one_seed_comparison_says_so():
     assert f"in this one run per side: {train[0]:.2f}% against {train[1]:.2f}%" in v1
     # the published figure names its source, not a range from nowhere
     assert "75-78%" not in v2 and "weiaicunzai/pytorch-cifar100" in v2 and "top-1 error of 24.39%" in v2
+
+
+# docs/ and the exercise: numbers from the records of the docs' own commands (runs/2026-12-04-docs)
+DOCS_RUNS = RUNS / "2026-12-04-docs"
+
+
+def console(name: str) -> str:
+    return (DOCS_RUNS / f"{name}.console.txt").read_text()
+
+
+def test_the_guide_quotes_the_recorded_silent_bug_run():
+    """The full silent_bug.py run docs/debugging.md quotes is the committed record's, line for line:
+    each line redrawn from the record's numbers by the script's own functions."""
+    module = load_script(DOCS / "examples" / "silent_bug.py")
+    record = json.loads((DOCS_RUNS / "silent_bug-seeds-0-4" / "silent_bug.json").read_text())
+    full = [(args, lines) for args, lines in documented_silent_bug_runs() if not is_quick(module, args)]
+    assert len(full) == 1
+    args, lines = full[0]
+    parsed = module.parse_args(args)
+    assert (parsed.seeds, parsed.steps, parsed.train_size, parsed.val_size, parsed.threads) == (
+        record["seeds"], record["steps"], record["train_size"], record["val_size"], record["threads"])
+    redrawn = [record["machine"], *(module.seed_line(s["seed"], s["runs"]) for s in record["per_seed"]),
+               module.summary_line(record["seeds"], record["summary"])]
+    assert lines == redrawn
+    text = flat(DOCS / "debugging.md")
+    seed3 = next(s for s in record["per_seed"] if s["seed"] == 3)["runs"]["fixed: head(x1_up)"]["curve"]
+    at_200 = next(point["val_accuracy"] for point in seed3 if point["step"] == 200)
+    assert f"seed 3's fixed model had {100 * at_200:.1f}% at step 200" in text
+    # the old numbers: AVX2 kernels on this machine give them back
+    avx2 = re.search(r"seed 0: validation accuracy buggy ([\d.]+)%, fixed ([\d.]+)%, the fix is worth ([+-][\d.]+) "
+                     r"points", console("silent_bug-seed0-avx2"))
+    assert "AVX2 kernels" in console("silent_bug-seed0-avx2")
+    first = record["per_seed"][0]["runs"]
+    now = [100 * first[k]["curve"][-1]["val_accuracy"] for k in ("buggy: head(x1)", "fixed: head(x1_up)")]
+    assert (f"quoted {avx2[1]}% / {avx2[2]}% ({avx2[3]}) for seed 0, from the same command on 2026-11-24; this "
+            f"machine gives {now[0]:.2f}% / {now[1]:.2f}% ({now[1] - now[0]:+.2f})") in text
+
+
+def test_one_sample_one_batch_numbers_are_the_record():
+    rows = lambda name: re.findall(r"^\s+(\d+)\s+(PASS|FAIL)\s+(\d+)\s+([\d.]+)\s+\d+%$", console(name),  # noqa: E731
+                                   flags=re.M)
+    good, bad = rows("one_sample_one_batch"), rows("one_sample_one_batch-exercise")
+    assert [r[1] for r in good] == ["PASS"] * 3 and [r[1] for r in bad] == ["FAIL"] * 3
+    (n1, _, s1, l1), (n2, _, s2, l2), (n3, _, s3, l3) = good
+    text = flat(DOCS / "debugging.md")
+    assert (f"it memorised {n1} image within {s1} steps, {n2} within {s2} and {n3} within {s3} (loss {l1}, {l2}, "
+            f"{l3};") in text
+    assert f"stuck near 2.24 ({', '.join(r[3] for r in bad)})" in text
+    assert all(abs(float(r[3]) - 2.24) < 0.01 for r in bad)
+
+
+def test_detect_anomaly_numbers_are_the_record():
+    out = console("detect_anomaly")
+    losses = re.search(r"losses: ([\d., ]+) \(all finite", out)[1]
+    assert f"stops falling ({losses};" in flat(DOCS / "debugging.md")
+    timing = re.findall(r"^\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)x$", out, flags=re.M)
+    assert [t[0] for t in timing] == ["16", "128"]
+    guide = (DOCS / "debugging.md").read_text()
+    for batch, off, on, slowdown in timing:
+        assert f"| {batch} | {off} | {on} | {slowdown}x |" in guide
+    assert (f"{timing[0][3]} times slower at batch 16 and {timing[1][3]} times at batch 128"
+            in flat(DOCS / "solutions.md"))
+
+
+def test_optimizer_and_dataloader_numbers_are_the_record():
+    out = console("optimizer")
+    best = re.search(r"Best epoch by validation accuracy: (\d+) of (\d+) \(([\d.]+)%\)", out)
+    text = flat(DOCS / "solutions.md")
+    assert f"reaches {best[3]}% validation accuracy after {best[1]} epochs" in text
+    for label, row in (("as reported", "training, as reported (mean over the epoch, dropout on)"),
+                       ("dropout on ", "training split at the end-of-epoch weights, dropout on"),
+                       ("dropout off", "training split at the end-of-epoch weights, dropout off"),
+                       ("validation split", "validation split, dropout off")):
+        value = re.search(rf"{label}.*?([\d.]+)$", out, flags=re.M)[1]
+        assert f"| {row} | {value} |" in text, row
+    out = console("dataloader")
+    counts = json.loads(re.search(r"WeightedRandomSampler\s+\d+\s+(\[[\d, ]+\])", out)[1])
+    assert f"(measured: {min(counts)} to {max(counts)} per class out of {sum(counts):,}" in text
+    crop = re.search(r"CenterCrop\(28\) shows (\d+)% of the photo and (\d+)% of the object's pixels", out)
+    corr = re.search(r"crop ([\d.]+), resize ([\d.]+)", out)
+    assert (f"the crop keeps {crop[1]}% of the photo and {crop[2]}% of the object's pixels, and correlates "
+            f"{corr[1]} with the original image; the resize keeps all of it (correlation {corr[2]})") in text
+
+
+def test_find_the_bugs_check_values_are_the_records():
+    folder = DOCS_RUNS / "find-the-bugs-preflight-quick"
+    check = lambda variant, name: json.loads((folder / f"{variant}.results.json").read_text())["checks"][name]  # noqa: E731
+    text = flat(EXERCISE / "solution" / "README.md")
+    lr = check("learning-rate-far-too-high", "overfit_one_batch")
+    quoted = re.search(r"Training diverged \(loss ([\d.]+) is above --diverged-loss 25; learning rate ([\d.]+);",
+                       lr["hint"])
+    assert f'"Training diverged (loss {quoted[1]} is above --diverged-loss 25; learning rate {quoted[2]}; ...)' in text
+    sigmoid = "sigmoid-on-the-outputs-before-the-loss"
+    assert f"`overfit_one_batch`: value {check(sigmoid, 'overfit_one_batch')['value']:.4f}," in text
+    assert f"(relative difference {check(sigmoid, 'step_gradient')['value']:.2f})" in text
+    assert (f"(relative difference {check('loss-without-its-target', 'step_gradient')['value']:.2f}, "
+            in text)
+    no_step = check("no-optimizer-step", "overfit_one_batch")
+    assert f"`overfit_one_batch`: value {no_step['value']:.2f}, " in text
+    assert "optimizer.step() ran 0 times in 2 training steps" in json.dumps(check("no-optimizer-step",
+                                                                                   "step_gradient"))
+    assert f"(value {check('forward-mixes-the-batch', 'batch_independence')['value']}: gradients" in text
+    assert f'"value={check("dead-conv-blocks", "gradient_flow")["value"]} [...] none for:' in text
+    inputs = check("inputs-not-divided-by-255", "input_before_net")
+    assert f'"value={inputs["value"]} [...] pixel range [0.000, 255.000] is not inside [0, 1]"' in text
+    assert "pixel range [0.000, 255.000] is not inside [0, 1]" in json.dumps(inputs)
+    assert f"`loss_at_init`: {check('inputs-not-divided-by-255', 'loss_at_init')['value']:.2f} instead" in text
+    as_is = json.loads((folder / "exercise-as-is.results.json").read_text())
+    failed = sum(not c["passed"] for c in as_is["checks"].values())
+    words = {6: "six", 7: "seven", 5: "five"}
+    assert f"the preflight fails {words[failed]} checks at once" in text
+    # each bug alone fails --preflight --quick, the solution passes
+    exits = dict(re.findall(r"^(\S+): exit code (\d)$", (DOCS_RUNS / "find-the-bugs-preflight-quick.console.txt")
+                            .read_text(), flags=re.M))
+    assert exits.pop("solution") == "0" and set(exits.values()) == {"1"} and len(exits) == 9
+    solution = json.loads((folder / "solution.results.json").read_text())
+    baseline = solution["checks"]["input_independent_baseline"]["seconds"]
+    assert (f"most of the time: {baseline:.1f} of the checks' {solution['checks_time_s']:.1f} s in the solution's "
+            f"record") in flat(EXERCISE / "README.md")
