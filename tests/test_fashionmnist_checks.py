@@ -407,7 +407,7 @@ def test_v10_preflight_passes_on_the_correct_code(fmnist_data, tmp_path):
     assert results["status"] == "preflight" and results["exit_code"] == 0 and results["all_checks_passed"]
     assert list(results["checks"]) == ["input_independent_baseline", "input_before_net", "loss_at_init",
                                        "optimizer_config", "gradient_flow", "step_gradient", "overfit_one_batch",
-                                       "batch_independence"]
+                                       "batch_independence", "train_eval_modes"]
     assert all(c["passed"] for c in results["checks"].values())
     assert (tmp_path / "out" / "results.json").is_file()
     assert not (tmp_path / "out" / "history.jsonl").exists() and not (tmp_path / "out" / "best_model_v10.pth").exists()
@@ -449,7 +449,7 @@ def test_preflight_process_exits_1_when_a_check_fails(fmnist_data, tmp_path):
                           text=True, timeout=300, env=env)
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "CHECK SUMMARY" in proc.stdout and "Traceback" not in proc.stderr
-    assert "6/7 passed; FAILED: overfit_one_batch" in proc.stdout
+    assert "7/8 passed; FAILED: overfit_one_batch" in proc.stdout
 
 
 def test_batch_independence_gives_a_verdict_when_forward_cuts_the_graph(v10):
@@ -477,3 +477,101 @@ def test_gradient_flow_fails_on_nan_gradients(v10):
                                               train.loss_fn)
     assert not broken.passed and len(broken.details["non_finite_gradient"]) == 14
     assert "NaN or infinite" in broken.hint
+
+
+# ---------------------------------------------------------------------------
+# Issue 26: the mode check, and gradient flow behind zero-initialised scales
+# ---------------------------------------------------------------------------
+def _mode_phases(train, loader, freeze_batchnorm=False, evaluation_in_train_mode=False):
+    """The run's own epoch and evaluation (optionally with a planted bug), as the check drives them."""
+    def epoch(probe):
+        optimizer, scheduler = train.make_optimizer(probe, train.parse_args([]), total_steps=len(loader))
+        if freeze_batchnorm:
+            for layer in probe.modules():
+                if isinstance(layer, torch.nn.BatchNorm2d):
+                    layer.momentum = 0.0  # the statistics stay at their init while the mode looks right
+        train.train_one_epoch(probe, loader, optimizer, scheduler, 0, 0, 0, [])
+
+    def evaluate(probe):
+        loss_acc = train.evaluate(probe, loader, "cpu")
+        if evaluation_in_train_mode:
+            probe.train()
+            probe(next(iter(loader))[0])
+        return loss_acc
+    return epoch, evaluate
+
+
+def test_train_eval_modes(v10):
+    train, debug_tools, _, train_set, _, _ = v10
+    loader = train.TensorLoader(train.FashionMNISTTensors(train_set.images[:32], train_set.labels[:32],
+                                                          train_set.classes), 16)
+    torch.manual_seed(0)
+    model = train.MyNN()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    epoch, evaluate = _mode_phases(train, loader)
+    good = debug_tools.verify_train_eval_modes(model, train_epoch=epoch, evaluate=evaluate)
+    assert good.passed and good.value == 0, good.report()
+    assert good.details["layers"] == ["conv1.2", "conv2.2", "classifier.3", "classifier.6"]
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), "the check changed the model"
+
+    epoch, evaluate = _mode_phases(train, loader, freeze_batchnorm=True)
+    frozen = debug_tools.verify_train_eval_modes(model, train_epoch=epoch, evaluate=evaluate)
+    assert not frozen.passed and frozen.details["statistics_frozen"] == ["conv1.2", "conv2.2"]
+
+    epoch, evaluate = _mode_phases(train, loader, evaluation_in_train_mode=True)
+    leaky = debug_tools.verify_train_eval_modes(model, train_epoch=epoch, evaluate=evaluate)
+    assert not leaky.passed and len(leaky.details["training_mode_in_evaluation"]) == 4
+
+
+def test_train_eval_modes_has_nothing_to_judge_without_batchnorm_or_dropout(v10):
+    _, debug_tools, _, _, _, _ = v10
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
+    phases = []
+    result = debug_tools.verify_train_eval_modes(model, train_epoch=lambda m: phases.append("train"),
+                                                 evaluate=lambda m: phases.append("evaluate"))
+    assert result.passed and "nothing to judge" in result.criterion and result.details["layers"] == []
+
+
+class _GatedBlocks(torch.nn.Module):
+    """Two residual blocks whose branch ends in a BatchNorm scaled to 0 (zero_init_residual), and a
+    classifier. `detach` cuts the second block's branch from the graph (its scale included): a bug the
+    zero scale must not excuse."""
+
+    def __init__(self, detach=False, zero=True):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.branches = torch.nn.ModuleList(torch.nn.Sequential(
+            torch.nn.Conv2d(4, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 3, padding=1),
+            torch.nn.BatchNorm2d(4)) for _ in range(2))
+        if zero:
+            for branch in self.branches:
+                torch.nn.init.zeros_(branch[3].weight)
+        self.fc = torch.nn.Linear(4, 10)
+        self.detach = detach
+
+    def forward(self, x):
+        x = self.stem(x)
+        for i, branch in enumerate(self.branches):
+            out = branch(x)
+            x = torch.relu(x + (out.detach() if self.detach and i == 1 else out))
+        return self.fc(x.mean((2, 3)))
+
+
+def test_gradient_flow_waits_behind_zero_initialised_scales(v10):
+    train, debug_tools, _, train_set, _, _ = v10
+    images, labels = train_set.images[:16], train_set.labels[:16]
+    torch.manual_seed(0)
+    gated = debug_tools.verify_gradient_flow(_GatedBlocks(), images, labels, train.loss_fn)
+    assert gated.passed, gated.report()
+    assert gated.details["zero_initialised_scales"] == ["branches.0.3.weight", "branches.1.3.weight"]
+    assert sorted(gated.details["waiting_behind_zero_scales"]) == [
+        f"branches.{b}.{layer}.{kind}" for b in (0, 1) for layer in (0, 2) for kind in ("bias", "weight")]
+    # control: a branch cut from the graph stays a failure, zero scale or not
+    torch.manual_seed(0)
+    detached = debug_tools.verify_gradient_flow(_GatedBlocks(detach=True), images, labels, train.loss_fn)
+    assert not detached.passed
+    assert detached.details["without_gradient"] == [f"branches.1.{layer}.{kind}" for layer in (0, 2, 3)
+                                                    for kind in ("weight", "bias")]
+    torch.manual_seed(0)
+    assert debug_tools.verify_gradient_flow(_GatedBlocks(zero=False), images, labels, train.loss_fn).details[
+        "zero_initialised_scales"] == []

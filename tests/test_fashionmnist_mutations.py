@@ -57,6 +57,24 @@ MUTATIONS = {
     "labels misaligned in the loader": (
         "self.dataset.labels[batch]\n", "self.dataset.labels[batch.roll(1)]\n",
         "input_independent_baseline", "images and labels stay aligned", {"input_independent_baseline"}),
+    # issue 26: bugs from forum threads that only a mode check or the run's own step can see
+    "model left in eval() for training": (
+        "    model.train()\n", "    model.eval()\n",
+        "train_eval_modes", "must call model.train()", {"train_eval_modes"}),
+    "model.train() forgotten after the validation": (
+        "    model.train()\n", "",
+        "train_eval_modes", "must call model.train()", {"train_eval_modes"}),
+    "BatchNorm frozen inside the training loop": (
+        "    model.train()\n", "    model.train()\n    for layer in model.modules():\n"
+        "        if isinstance(layer, nn.BatchNorm2d):\n            layer.eval()\n",
+        "train_eval_modes", "'freeze BatchNorm'", {"train_eval_modes"}),
+    "loss on detached logits, requires_grad_() after": (
+        "loss = loss_fn(logits, labels)", "loss = loss_fn(logits.detach(), labels).requires_grad_()",
+        "step_gradient", "No gradient reaches optimizer.step()", None),
+    "images shuffled once without their labels": (
+        "FashionMNISTTensors(to_tensor(images[idx]).to(device)",
+        "FashionMNISTTensors(to_tensor(images[idx][torch.randperm(len(idx))]).to(device)",
+        "input_independent_baseline", "images and labels stay aligned", {"input_independent_baseline"}),
     "forward mixes the batch": (
         "return self.classifier(self.conv2(self.conv1(x)))",
         "return self.classifier(self.conv2(self.conv1(x)).transpose(0, 1).reshape(x.shape[0], -1))",
@@ -87,7 +105,38 @@ def preflight(folder, data_dir):
 def test_the_unedited_copy_passes(tmp_path, fmnist_data):
     results, stdout = preflight(copy_with_edit(tmp_path), fmnist_data[0])
     assert results["exit_code"] == 0 and results["all_checks_passed"], stdout[-3000:]
-    assert "8/8 passed" in stdout
+    assert "9/9 passed" in stdout
+
+
+# Legitimate practice the checks must not cry wolf on (issue 26): edits that change the code, not its meaning.
+LEGITIMATE = {
+    "zero_grad() after step() instead of before backward()": (
+        "train.py", "    optimizer.zero_grad(set_to_none=True)\n    loss.backward()\n    optimizer.step()\n",
+        "    loss.backward()\n    optimizer.step()\n    optimizer.zero_grad(set_to_none=True)\n"),
+}
+
+
+@pytest.mark.parametrize("practice", list(LEGITIMATE))
+def test_preflight_passes_legitimate_practice(practice, tmp_path, fmnist_data):
+    _, old, new = LEGITIMATE[practice]
+    results, stdout = preflight(copy_with_edit(tmp_path, old, new), fmnist_data[0])
+    assert results["exit_code"] == 0 and results["all_checks_passed"], stdout[-3000:]
+
+
+def test_evaluation_without_eval_mode_fails_the_mode_check(tmp_path, fmnist_data):
+    """The other half of the mode check: metrics.evaluate() without model.eval() (Dropout drops
+    units at test time, BatchNorm learns its statistics from validation data)."""
+    folder = copy_with_edit(tmp_path)
+    metrics = folder / "metrics.py"
+    source = metrics.read_text()
+    old = '    """Mean cross-entropy and accuracy over the whole loader, in eval mode."""\n    model.eval()\n'
+    assert source.count(old) == 1
+    metrics.write_text(source.replace(old, old.replace("    model.eval()\n", "")))
+    results, stdout = preflight(folder, fmnist_data[0])
+    failed = {name: c for name, c in results["checks"].items() if not c["passed"]}
+    assert set(failed) == {"train_eval_modes"}, stdout[-3000:]
+    assert "must call model.eval()" in failed["train_eval_modes"]["hint"]
+    assert "in training mode during evaluation" in failed["train_eval_modes"]["criterion"]
 
 
 @pytest.mark.filterwarnings(r"ignore:Detected call of `lr_scheduler.step\(\)` before `optimizer.step\(\)`")
@@ -136,7 +185,21 @@ V11_MUTATIONS = {
         "    optimizer.step()\n    scheduler.step()\n", "    optimizer.step()\n",
         "lr_schedule", "advanced the scheduler 0 times in 4 batches: it is stepped per epoch or not at all",
         {"lr_schedule"}),
+    "BatchNorm frozen inside the training loop": (
+        "    model.train()\n", "    model.train()\n    for layer in model.modules():\n"
+        "        if isinstance(layer, nn.BatchNorm2d):\n            layer.eval()\n",
+        "train_eval_modes", "'freeze BatchNorm'", {"train_eval_modes"}),
+    "a residual branch detached from the graph": (
+        "        out = self.bn2(self.conv2(out))\n", "        out = self.bn2(self.conv2(out.detach()))\n",
+        "gradient_flow", "no .detach()", {"gradient_flow"}),
 }
+
+# Zero-initialised residual scales (Goyal et al. 2017, torchvision's zero_init_residual=True): every
+# block starts as the identity; no gradient reaches a branch's convolutions before the first step.
+ZERO_INIT_RESIDUAL = ("        nn.init.zeros_(self.fc.bias)\n\n    def forward",
+                      "        nn.init.zeros_(self.fc.bias)\n        for block in self.modules():\n"
+                      "            if isinstance(block, BasicBlock):\n                nn.init.zeros_(block.bn2.weight)\n"
+                      "\n    def forward")
 
 
 def copy_version_with_edit(tmp_path, version: str, old: str | None = None, new: str | None = None):
@@ -164,8 +227,8 @@ def test_v11_unedited_copy_passes(tmp_path, fmnist_data):
     assert results["exit_code"] == 0 and results["all_checks_passed"], stdout[-3000:]
     assert results["version"] == V11 and results["config"]["epochs"] == 2
     assert list(results["checks"]) == ["input_before_net", "loss_at_init", "optimizer_config", "lr_schedule",
-                                       "gradient_flow", "step_gradient"]
-    assert "6/6 passed" in stdout
+                                       "gradient_flow", "step_gradient", "train_eval_modes"]
+    assert "7/7 passed" in stdout
 
 
 @pytest.mark.filterwarnings(r"ignore:Detected call of `lr_scheduler.step\(\)` before `optimizer.step\(\)`")
@@ -179,3 +242,24 @@ def test_v11_preflight_fails_on_the_edit(mutation, tmp_path, fmnist_data):
     assert hint_words in failed[check]["hint"], failed[check]["hint"]
     assert set(failed) == all_failures
     assert f"FAILED: {', '.join(failed)}" in stdout
+
+
+def test_v11_zero_initialised_residual_scales_pass(tmp_path, fmnist_data):
+    """Good practice is no false alarm: the branches wait behind their zero scales, which get gradients."""
+    results, stdout = v11_preflight(copy_version_with_edit(tmp_path, V11, *ZERO_INIT_RESIDUAL), fmnist_data[0])
+    assert results["exit_code"] == 0 and results["all_checks_passed"], stdout[-3000:]
+    flow = results["checks"]["gradient_flow"]
+    assert len(flow["details"]["zero_initialised_scales"]) == 6  # one per BasicBlock: 3 stages x 2
+    assert any(name.endswith("conv1.weight") for name in flow["details"]["waiting_behind_zero_scales"])
+    assert "wait behind 6 zero-initialised scales" in flow["criterion"]
+
+
+def test_v11_zero_initialised_scales_do_not_excuse_a_detached_branch(tmp_path, fmnist_data):
+    folder = copy_version_with_edit(tmp_path, V11, *ZERO_INIT_RESIDUAL)
+    source = (folder / "train.py").read_text()
+    (folder / "train.py").write_text(source.replace("        out = self.bn2(self.conv2(out))\n",
+                                                    "        out = self.bn2(self.conv2(out.detach()))\n", 1))
+    results, stdout = v11_preflight(folder, fmnist_data[0])
+    failed = {name for name, c in results["checks"].items() if not c["passed"]}
+    assert failed == {"gradient_flow"}, stdout[-3000:]
+    assert any(name.endswith("conv1.weight") for name in results["checks"]["gradient_flow"]["details"]["without_gradient"])

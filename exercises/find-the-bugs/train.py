@@ -4,8 +4,9 @@ The training code of fashionmnist/v10-step2 (MyNN, AdamW, cosine schedule) and i
 checks: human baseline, input-independent baseline, overfit one batch, batch-level
 loss, detailed metrics, train vs test, the input just before the net, prediction
 dynamics, batch independence via backprop, gradient flow, the gradient the
-optimizer steps with, and the optimizer's settings. Every check drives this file's
-own loss_fn, make_optimizer and training_step, so it sees what this file does.
+optimizer steps with, the optimizer's settings, and the train/eval modes of the
+BatchNorm and Dropout layers. Every check drives this file's own loss_fn,
+make_optimizer, training_step and evaluation, so it sees what this file does.
 
 The train.py beside the exercise's README carries planted bugs; solution/train.py
 is the fixed file. Hunt with the checks first, read the solution last.
@@ -61,6 +62,7 @@ from debug_tools import (  # noqa: E402
     verify_loss_at_init,
     verify_optimizer_config,
     verify_step_gradient,
+    verify_train_eval_modes,
     visualize_input_before_net,
 )
 from metrics import compare_train_test_metrics, compute_detailed_metrics, evaluate, print_detailed_metrics  # noqa: E402
@@ -573,6 +575,13 @@ def checks_before_training(run: Run, data: Data, model, optimizer) -> dict:
                 out_dir=out)
         if cfg.batch_independence_test:
             checks["batch_independence"] = verify_batch_independence(model, data.val_set.images[:8])
+        few = TensorLoader(FashionMNISTTensors(probe_images[:32], probe_labels[:32], data.train_set.classes), 16)
+
+        def own_epoch(probe):  # this run's epoch, on two batches, with its own optimizer and schedule
+            probe_optimizer, probe_scheduler = new_optimizer(probe, total_steps=len(few))
+            train_one_epoch(probe, few, probe_optimizer, probe_scheduler, 0, 0, 0, [], cfg.diverged_loss)
+        checks["train_eval_modes"] = verify_train_eval_modes(model, train_epoch=own_epoch,
+                                                             evaluate=lambda probe: evaluate(probe, few, device))
     for check in checks.values():
         print(check.report())
     run.results["checks_time_s"] = time.perf_counter() - started

@@ -5,8 +5,9 @@ checks drive the run's own loss, optimizer and step. New: nine steps that find
 bugs before they cost accuracy (human baseline, input-independent baseline,
 overfit one batch, batch-level loss, detailed metrics, train vs test, the input
 just before the net, prediction dynamics, batch independence via backprop),
-plus gradient flow, the gradient the optimizer steps with, and the optimizer's
-settings. Every check returns a verdict; one table sums them up;
+plus gradient flow, the gradient the optimizer steps with, the optimizer's
+settings, and the train/eval mode of every BatchNorm and Dropout layer in the
+run's own epoch and evaluation. Every check returns a verdict; one table sums them up;
 outputs/REPORT.md shows every plot and number of a run.
 
     python train.py               # full run on the real Fashion-MNIST
@@ -60,6 +61,7 @@ from debug_tools import (  # noqa: E402
     verify_loss_at_init,
     verify_optimizer_config,
     verify_step_gradient,
+    verify_train_eval_modes,
     visualize_input_before_net,
 )
 from metrics import compare_train_test_metrics, compute_detailed_metrics, evaluate, print_detailed_metrics  # noqa: E402
@@ -571,6 +573,13 @@ def checks_before_training(run: Run, data: Data, model, optimizer) -> dict:
                 out_dir=out)
         if cfg.batch_independence_test:
             checks["batch_independence"] = verify_batch_independence(model, data.val_set.images[:8])
+        few = TensorLoader(FashionMNISTTensors(probe_images[:32], probe_labels[:32], data.train_set.classes), 16)
+
+        def own_epoch(probe):  # this run's epoch, on two batches, with its own optimizer and schedule
+            probe_optimizer, probe_scheduler = new_optimizer(probe, total_steps=len(few))
+            train_one_epoch(probe, few, probe_optimizer, probe_scheduler, 0, 0, 0, [], cfg.diverged_loss)
+        checks["train_eval_modes"] = verify_train_eval_modes(model, train_epoch=own_epoch,
+                                                             evaluate=lambda probe: evaluate(probe, few, device))
     for check in checks.values():
         print(check.report())
     run.results["checks_time_s"] = time.perf_counter() - started

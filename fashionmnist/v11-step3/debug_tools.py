@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from visualization import (
@@ -561,15 +562,59 @@ def verify_batch_independence(model, images, name: str = "batch_independence",
 # ---------------------------------------------------------------------------
 # Beyond the seed: gradient flow, the gradient the optimizer steps with, its settings
 # ---------------------------------------------------------------------------
+# Layers that start at exactly zero on purpose and multiply a branch: BatchNorm's scale at the end
+# of a residual branch (Goyal et al. 2017; torchvision's zero_init_residual=True), a SkipInit or
+# ReZero gate. Until the scale has had one update, nothing upstream of it in that branch can get a
+# gradient, and that is the point: every block starts as the identity.
+NORM_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
+
+
+def zero_initialised_scales(model) -> list[str]:
+    """Names of the trainable multiplicative parameters that are exactly zero: a normalisation
+    layer's scale (weight), or any other parameter of at most one dimension that is not a bias."""
+    names = []
+    for module_name, module in model.named_modules():
+        for name, p in module.named_parameters(recurse=False):
+            is_scale = name == "weight" if isinstance(module, NORM_LAYERS) else (p.ndim <= 1 and name != "bias")
+            if p.requires_grad and p.numel() and is_scale and not p.detach().any():
+                names.append(f"{module_name}.{name}" if module_name else name)
+    return names
+
+
+def gradients_behind_zero_scales(model, images, labels, loss_fn, without: list[str]):
+    """Which parameters of `without` (no gradient in one backward pass) only wait behind a
+    zero-initialised scale: in a copy with every such scale set to 1, they get a finite,
+    non-zero gradient. Returns (scales, waiting, opened copy after its backward pass or None)."""
+    scales = zero_initialised_scales(model)
+    if not scales:
+        return scales, [], None
+    opened = copy.deepcopy(model).train()
+    with torch.no_grad():
+        for name in scales:
+            opened.get_parameter(name).fill_(1.0)
+    opened.zero_grad(set_to_none=True)
+    loss_fn(opened(images), labels).backward()
+    waiting = []
+    for name in without:
+        grad = opened.get_parameter(name).grad
+        if name not in scales and grad is not None and grad.abs().sum().item() > 0 and torch.isfinite(grad).all():
+            waiting.append(name)
+    return scales, waiting, opened
+
+
 def verify_gradient_flow(model, images, labels, loss_fn) -> CheckResult:
     """After one backward pass of the run's loss, every trainable parameter must have a
     non-zero gradient.
 
-    A parameter without gradient is dead weight: the classic case is a forward
-    pass that computes a block and then uses the wrong tensor, silently
-    discarding most of the network (see docs, seed 003). None of the other
-    checks catches it, because the rest of the network still learns.
-    Runs on a copy, so BatchNorm statistics of the real model are untouched.
+    A parameter without gradient is dead weight: the classic case is a forward pass that
+    computes a block and then uses the wrong tensor, silently discarding most of the
+    network (see docs, seed 003). None of the other checks catches it, because the rest of
+    the network still learns. One exception is good practice, not a bug: a branch whose
+    output is multiplied by a scale that starts at zero (zero_init_residual) gets no gradient
+    at init, while the scale itself does; after the first step the branch learns. Such
+    parameters pass when the scale gets a gradient and they get one as soon as the scale is
+    non-zero (tried on a copy with the scales set to 1); a detached or skipped branch still
+    fails. Runs on a copy, so BatchNorm statistics of the real model are untouched.
     """
     start = time.perf_counter()
     probe = _copy_for_training(model)
@@ -578,10 +623,14 @@ def verify_gradient_flow(model, images, labels, loss_fn) -> CheckResult:
              for name, p in probe.named_parameters() if p.requires_grad}
     without = [name for name, norm in norms.items() if not norm]  # None or exactly 0
     non_finite = [name for name, norm in norms.items() if norm is not None and not math.isfinite(norm)]
+    scales, waiting, _ = gradients_behind_zero_scales(model, images, labels, loss_fn, without)
+    without = [name for name in without if name not in waiting]
     hints = []
     if without:
         hints.append("Some layers receive no gradient: check that forward() uses every block's output "
-                     "and that no .detach()/torch.no_grad() cuts the graph.")
+                     "and that no .detach()/torch.no_grad() cuts the graph"
+                     + (" (a scale that starts at 0 must get a gradient itself, or its branch never learns)"
+                        if set(without) & set(scales) else "") + ".")
     if non_finite:
         hints.append("Some gradients are NaN or infinite already at init: look for log(0), sqrt of a "
                      "negative number or a division by zero in forward() or loss_fn.")
@@ -591,10 +640,13 @@ def verify_gradient_flow(model, images, labels, loss_fn) -> CheckResult:
         value=len(without) + len(non_finite),
         threshold=0,
         criterion=f"every one of {len(norms)} trainable parameter tensors gets a finite, non-zero gradient"
+                  + (f" ({len(waiting)} wait behind {len(scales)} zero-initialised scales, which get one)"
+                     if waiting else "")
                   + (f"; none for: {', '.join(without)}" if without else "")
                   + (f"; NaN/inf for: {', '.join(non_finite)}" if non_finite else ""),
         hint=" ".join(hints) or "Some layers receive no (finite) gradient.",
-        details={"grad_norms": norms, "without_gradient": without, "non_finite_gradient": non_finite},
+        details={"grad_norms": norms, "without_gradient": without, "non_finite_gradient": non_finite,
+                 "zero_initialised_scales": scales, "waiting_behind_zero_scales": waiting},
         seconds=time.perf_counter() - start,
     )
 
@@ -866,5 +918,105 @@ def verify_capacity(model, loader, loss_fn, *, min_accuracy: float = 0.995, max_
              "rate too low (loss falling slowly to the end in batch_level_loss.png: raise --lr), too few "
              "epochs, a model too small (--channels). Regularising comes after this passes.",
         details={"accuracy": accuracy, "loss": loss, "images": seen},
+        seconds=time.perf_counter() - start,
+    )
+
+
+# ---------------------------------------------------------------------------
+# Beyond the seed: the modes the run's own loop trains and evaluates in
+# ---------------------------------------------------------------------------
+# Layers that compute something else in training than in evaluation. A frozen BatchNorm
+# normalises with running statistics that never leave their init (mean 0, variance 1);
+# a Dropout in eval mode drops nothing, one in training mode at test time drops units.
+MODE_DEPENDENT_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
+
+
+def _names(names, most: int = 4) -> str:
+    names = list(names)
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def verify_train_eval_modes(model, *, train_epoch, evaluate) -> CheckResult:
+    """Every layer that behaves differently in training (BatchNorm, Dropout) is in training
+    mode whenever the run's own epoch function calls it, BatchNorm's running statistics move
+    while it trains, and every such layer is in eval mode whenever the run's own evaluation
+    calls it.
+
+    `train_epoch(probe)` and `evaluate(probe)` run the run's own epoch and evaluation on a
+    copy of the model and a few batches. The order is the one training has: evaluate first
+    (as after an epoch's validation), then an epoch, then evaluate again, so an epoch that
+    forgets model.train() after the validation is caught too. Hooks record the mode each layer
+    is in when it runs; nothing else is changed. Bugs it sees: a loop that never switches back
+    to train() (BatchNorm then normalises with frozen statistics and Dropout does nothing, so
+    the model trains as another network than it evaluates), a "freeze BatchNorm" snippet from
+    fine-tuning code run from scratch, and an evaluation without model.eval(). Lightning and
+    fastai set the modes for you; in your own loop nothing does.
+    """
+    start = time.perf_counter()
+    probe = copy.deepcopy(model)
+    layers = {name: m for name, m in probe.named_modules() if isinstance(m, MODE_DEPENDENT_LAYERS)}
+    if not layers:
+        return CheckResult(
+            name="train_eval_modes", passed=True, value=0, threshold=0,
+            criterion="nothing to judge: the model has no BatchNorm or Dropout, the layers that behave "
+                      "differently in training and evaluation",
+            hint="", details={"layers": []}, seconds=time.perf_counter() - start)
+    modes = {"train": {}, "evaluate": {}}  # phase -> layer -> the modes it ran in
+    phase = ["evaluate"]
+
+    def recorder(name):
+        return lambda module, inputs: modes[phase[0]].setdefault(name, set()).add(module.training)
+
+    batchnorms = {name: m for name, m in layers.items()
+                  if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats}
+    handles = [m.register_forward_pre_hook(recorder(name)) for name, m in layers.items()]
+    diverged = None
+    try:
+        evaluate(probe)
+        before = {name: m.running_mean.clone() for name, m in batchnorms.items()}
+        phase[0] = "train"
+        try:
+            train_epoch(probe)
+        except FloatingPointError as err:  # train.TrainingDiverged
+            diverged = str(err)
+        moved = {name: not torch.equal(m.running_mean, before[name]) for name, m in batchnorms.items()}
+        phase[0] = "evaluate"
+        evaluate(probe)
+    finally:
+        for handle in handles:
+            handle.remove()
+    eval_in_training = [name for name, seen in modes["train"].items() if False in seen]
+    frozen = [name for name, did in moved.items() if not did and name in modes["train"]
+              and name not in eval_in_training]
+    training_in_eval = [name for name, seen in modes["evaluate"].items() if True in seen]
+    not_run = [name for name in layers if name not in modes["train"]]
+    problems, hints = [], []
+    if eval_in_training:
+        problems.append(f"in eval mode while training: {_names(eval_in_training)}")
+        hints.append("The epoch must call model.train() at its start (the validation before it left the model "
+                     "in eval mode), and nothing in the loop may call .eval() on a layer (a 'freeze BatchNorm' "
+                     "snippet): BatchNorm then normalises with statistics that never move, Dropout drops nothing.")
+    if frozen:
+        problems.append(f"running statistics did not move while training: {_names(frozen)}")
+        hints.append("BatchNorm's momentum is 0 or its statistics are reset in the loop: evaluation will "
+                     "normalise with the init's mean 0 and variance 1.")
+    if training_in_eval:
+        problems.append(f"in training mode during evaluation: {_names(training_in_eval)}")
+        hints.append("evaluate() must call model.eval(): otherwise Dropout drops units at test time and "
+                     "BatchNorm uses each batch's statistics and updates its running ones from evaluation data.")
+    # A diverging epoch is step_gradient's and the loss checks' finding, not this one's: the
+    # modes are judged on the forward passes that ran before it stopped.
+    ran = f" (the epoch stopped early, modes judged on the steps that ran: {diverged})" if diverged else ""
+    return CheckResult(
+        name="train_eval_modes",
+        passed=not problems,
+        value=len(eval_in_training) + len(frozen) + len(training_in_eval),
+        threshold=0,
+        criterion=f"{len(layers)} BatchNorm/Dropout layers: training mode in the run's epoch (BatchNorm statistics "
+                  f"moving), eval mode in its evaluation" + (f": {'; '.join(problems)}" if problems else "") + ran,
+        hint=" ".join(hints),
+        details={"layers": list(layers), "eval_mode_in_training": eval_in_training,
+                 "statistics_frozen": frozen, "training_mode_in_evaluation": training_in_eval,
+                 "not_run_in_training": not_run, "diverged": diverged},
         seconds=time.perf_counter() - start,
     )
