@@ -23,7 +23,8 @@ PREDECESSOR = dict(zip(VERSIONS[1:], VERSIONS[:-1]))
 CODE_FILES = ["train.py", "debug_tools.py", "metrics.py", "visualization.py"]
 
 # The only in-place edits a version makes to the files that otherwise only grow:
-# "imports" are import statements it adds, "functions" the existing top-level definitions it changes.
+# "imports" are import statements it adds, "functions" the existing top-level definitions it changes,
+# "constants" module-level names it may append (tuples of layer types a check needs).
 INTENDED_EDITS = {
     ("imagenette/v3", "debug_tools.py"): {"imports": {"import copy", "import torch.nn as nn"}},  # activation_statistics
     ("imagenette/v4", "debug_tools.py"): {"imports": {"import math", "import warnings"}},  # lr_schedule, loss_at_init
@@ -44,6 +45,8 @@ def top_level(source: str) -> tuple[list[tuple[str, str | None, str]], str]:
             kind, name = "import", None
         elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             kind, name = "definition", node.name
+        elif isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            kind, name = "Assign", node.targets[0].id
         else:
             kind, name = type(node).__name__, None
         statements.append((kind, name, "".join(lines[previous_end:node.end_lineno])))
@@ -79,7 +82,7 @@ def growth_problems(old_source: str, new_source: str, intended: dict) -> list[st
     if stale := intended.get("functions", set()) - changed:
         problems.append(f"listed as edited but unchanged (or missing): {sorted(stale)}")
     for kind, name, _ in new_rest[len(old_rest):]:
-        if kind != "definition":
+        if kind != "definition" and not (kind == "Assign" and name in intended.get("constants", set())):
             problems.append(f"appended a {kind} statement, not a definition")
     old_names = {name for kind, name, _ in old_rest if kind == "definition"}
     if redefined := [name for kind, name, _ in new_rest[len(old_rest):] if name in old_names]:

@@ -49,8 +49,9 @@ NUM_PARAMETERS = {"resnet18": 11_181_642, "resnet34": 21_289_802, "resnet50": 23
 # blocks per stage, and whether the block is a Bottleneck (then layer1.0 has a projection too: 64 -> 256)
 LAYOUT = {"resnet18": ([2, 2, 2, 2], False), "resnet34": ([3, 4, 6, 3], False), "resnet50": ([3, 4, 6, 3], True)}
 QUICK_EXTRA = {"v7a": ["--wandb"], "v7b": ["--image-size", "32"], "v7c": ["--image-size", "32"]}
+# the battery of fashionmnist/v10-step2 after lr_schedule (the input-independent baseline is off under --quick)
 CHECKS = ["first_batch", "activations_at_init", "loss_at_init", "gradient_flow", "initialization", "lr_schedule",
-          "normalised_batch", "normalisation_from_train", "train_batches_augmented",
+          "step_gradient", "overfit_one_batch", "batch_independence", "train_eval_modes", "normalised_batch", "normalisation_from_train", "train_batches_augmented",
           "eval_deterministic_unaugmented", "class_balance", "activations_after_training"]
 GROUPS = ["stem", "layer1", "layer2", "layer3", "layer4", "fc"]
 EPOCH_ZERO_KEYS = {"epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy"}
@@ -383,7 +384,7 @@ def test_quick_run_completes_with_every_check_passed(quick, name):
             config["weight_decay"], config["min_gradient_ratio"]) == ("adamw", True, 64, 0.0, 1e-3, 1e-4, 1e-2)
     count_text = f"{NUM_PARAMETERS[arch]:,}"
     assert f"{arch}: {count_text} trainable parameters (seed 002: {count_text}); stem with max-pool" in run["stdout"]
-    assert f"{VERSIONS[name]} | device cpu" in run["stdout"] and "12/12 passed" in run["stdout"]
+    assert f"{VERSIONS[name]} | device cpu" in run["stdout"] and "16/16 passed" in run["stdout"]
     assert {"best_model.pth", "final_model.pth", "resume.pth", "history.jsonl", *PLOTS} <= set(results["outputs"])
     assert abs(results["init"]["init_loss"] - LN10) <= 0.3  # v6a's init: ln 10 again
 
@@ -638,16 +639,18 @@ def test_file_is_v6as(file):
 
 def test_debug_tools_is_v6as_with_the_resnet_gradient_flow():
     """The only in-place edits: _block_of (ResNet blocks and their projections) and verify_gradient_flow
-    (weakest / median), which needs `import statistics`."""
+    (weakest / median; `import statistics` is v6's since the battery came, issue 26)."""
     problems = growth_problems(text(V6A, "debug_tools.py"), text(VERSIONS["v7a"], "debug_tools.py"),
-                               {"imports": {"import statistics"}, "functions": {"_block_of", "verify_gradient_flow"}})
+                               {"functions": {"_block_of", "verify_gradient_flow"}})
     assert problems == []
 
 
 # ---------------------------------------------------------------------------
 # --help
 # ---------------------------------------------------------------------------
-FLAG_OF = {"LEARNING_RATE": "--lr", "OUT_DIR": "--out", "ARCHITECTURE": "--arch"}
+FLAG_OF = {"LEARNING_RATE": "--lr", "OUT_DIR": "--out", "ARCHITECTURE": "--arch",
+           "RUN_INPUT_INDEPENDENT_BASELINE": "--input-independent-baseline", "RUN_OVERFIT_TEST": "--overfit-test",
+           "RUN_BATCH_INDEPENDENCE_TEST": "--batch-independence-test"}
 NEW_FLAGS = ["--arch", "--optimizer", "--maxpool", "--no-maxpool", "--amp", "--no-amp", "--channels-last",
              "--no-channels-last"]
 

@@ -830,36 +830,89 @@ def verify_gradient_flow(model, images: torch.Tensor, targets: torch.Tensor, los
     of ~30 of the others at init (the widest blocks have the smallest RMS); without the skips,
     in a deep plain network, it can shrink block by block. `value` is the
     smallest block RMS divided by the largest; it must be >= `min_ratio`. Runs on a copy in
-    train mode (BatchNorm as in training; the model's statistics stay untouched).
+    train mode (BatchNorm as in training; the model's statistics stay untouched). Good practice
+    is no false alarm: a residual branch whose last BatchNorm scale starts at 0 (Goyal et al.
+    2017, torchvision's zero_init_residual) is judged by whether that scale gets a gradient.
     """
     start = time.perf_counter()
     probe = copy.deepcopy(model).train()
     probe.zero_grad(set_to_none=True)
     loss_fn(probe(images), targets).backward()
-    without, squares, counts = [], {}, {}
-    for name, p in probe.named_parameters():
+    without = [name for name, p in probe.named_parameters()
+               if p.requires_grad and (p.grad is None or not p.grad.abs().sum().item() > 0)]
+    # A branch behind a zero-initialised scale (zero_init_residual) gets no gradient at init, by
+    # design: it passes when the scale gets one and the branch does with the scale opened to 1,
+    # and the blocks' sizes are then measured on that opened copy, as the net will train.
+    scales, waiting, opened = gradients_behind_zero_scales(model, images, targets, loss_fn, without)
+    without = [name for name in without if name not in waiting]
+    squares, counts = {}, {}
+    for name, p in (opened if waiting else probe).named_parameters():
         if not p.requires_grad:
             continue
-        if p.grad is None or not p.grad.abs().sum().item() > 0:
-            without.append(name)
         block = _block_of(name)
         squares[block] = squares.get(block, 0.0) + (p.grad.double().pow(2).sum().item() if p.grad is not None else 0.0)
         counts[block] = counts.get(block, 0) + p.numel()
     rms = {block: math.sqrt(squares[block] / counts[block]) for block in squares}
     ratio = min(rms.values()) / max(rms.values()) if rms and max(rms.values()) > 0 else 0.0
     weakest = min(rms, key=rms.get) if rms else None
+    excused = f"; {len(waiting)} wait behind {len(scales)} zero-initialised scales, which get one" if waiting else ""
     return CheckResult(
         name="gradient_flow",
         passed=not without and ratio >= min_ratio,
         value=ratio,
         threshold=min_ratio,
-        criterion=f"every one of the parameter tensors gets a non-zero gradient ({len(without)} do not) and "
+        criterion=f"every one of the parameter tensors gets a non-zero gradient ({len(without)} do not"
+                  f"{excused}) and "
                   f"smallest / largest block gradient RMS >= {min_ratio:g} (weakest: {weakest})",
         hint=(f"No gradient for: {', '.join(without)}. Check that forward() uses every block's output (a residual "
               "block must return relu(residual + shortcut), not the shortcut alone) and that nothing detaches "
               "the graph." if without else
               f"Block {weakest} gets {ratio:.2g}x the gradient of the strongest: the gradient vanishes on its way "
               "back. Are the skip connections there?"),
-        details={"block_gradient_rms": rms, "without_gradient": without, "weakest_block": weakest},
+        details={"block_gradient_rms": rms, "without_gradient": without, "weakest_block": weakest,
+                 "zero_initialised_scales": scales, "waiting_behind_zero_scales": waiting},
         seconds=time.perf_counter() - start,
     )
+
+
+# ---------------------------------------------------------------------------
+# Zero-initialised scales: good practice, not a gradient-flow failure
+# ---------------------------------------------------------------------------
+# Layers that start at exactly zero on purpose and multiply a branch: BatchNorm's scale at the end
+# of a residual branch (Goyal et al. 2017; torchvision's zero_init_residual=True), a SkipInit or
+# ReZero gate. Until the scale has had one update, nothing upstream of it in that branch can get a
+# gradient, and that is the point: every block starts as the identity.
+NORM_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
+
+
+def zero_initialised_scales(model) -> list[str]:
+    """Names of the trainable multiplicative parameters that are exactly zero: a normalisation
+    layer's scale (weight), or any other parameter of at most one dimension that is not a bias."""
+    names = []
+    for module_name, module in model.named_modules():
+        for name, p in module.named_parameters(recurse=False):
+            is_scale = name == "weight" if isinstance(module, NORM_LAYERS) else (p.ndim <= 1 and name != "bias")
+            if p.requires_grad and p.numel() and is_scale and not p.detach().any():
+                names.append(f"{module_name}.{name}" if module_name else name)
+    return names
+
+
+def gradients_behind_zero_scales(model, images, labels, loss_fn, without: list[str]):
+    """Which parameters of `without` (no gradient in one backward pass) only wait behind a
+    zero-initialised scale: in a copy with every such scale set to 1, they get a finite,
+    non-zero gradient. Returns (scales, waiting, opened copy after its backward pass or None)."""
+    scales = zero_initialised_scales(model)
+    if not scales:
+        return scales, [], None
+    opened = copy.deepcopy(model).train()
+    with torch.no_grad():
+        for name in scales:
+            opened.get_parameter(name).fill_(1.0)
+    opened.zero_grad(set_to_none=True)
+    loss_fn(opened(images), labels).backward()
+    waiting = []
+    for name in without:
+        grad = opened.get_parameter(name).grad
+        if name not in scales and grad is not None and grad.abs().sum().item() > 0 and torch.isfinite(grad).all():
+            waiting.append(name)
+    return scales, waiting, opened

@@ -10,16 +10,21 @@ runs inside `rng_untouched`, so that running it or not never changes training.
 from __future__ import annotations
 
 import contextlib
-import math
 import copy
+import itertools
+import math
 import random
+import statistics
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
+
+from visualization import plot_overfit_one_batch
 
 
 @dataclass
@@ -604,17 +609,25 @@ def verify_gradient_flow(model, images: torch.Tensor, targets: torch.Tensor, los
     smallest block's ratio divided by the largest; ~0.004 at init (160 px), a vanishing block sits
     orders of magnitude lower. Runs on a copy in train mode (BatchNorm as in training; the
     model's statistics stay untouched); dropout draws random numbers: run it inside rng_untouched.
+    Good practice is no false alarm: a residual branch whose last BatchNorm scale starts at 0
+    (Goyal et al. 2017) is judged by whether that scale gets a gradient.
     """
     start = time.perf_counter()
     probe = copy.deepcopy(model).train()
     probe.zero_grad(set_to_none=True)
     loss_fn(probe(images), targets).backward()
-    without, grad_squares, weight_squares = [], {}, {}
-    for name, p in probe.named_parameters():
+    without = [name for name, p in probe.named_parameters() if p.requires_grad and (
+        p.grad is None or not p.grad.abs().sum().item() > 0 or not torch.isfinite(p.grad).all())]
+    # A branch behind a zero-initialised scale (zero_init_residual) gets no gradient at init, by
+    # design: it passes when the scale gets one and the branch does with the scale opened to 1,
+    # and the blocks' sizes are then measured on that opened copy, as the net will train.
+    scales, waiting, opened = gradients_behind_zero_scales(model, images, targets, loss_fn, without)
+    without = [name for name in without if name not in waiting]
+    measured = opened if waiting else probe
+    grad_squares, weight_squares = {}, {}
+    for name, p in measured.named_parameters():
         if not p.requires_grad:
             continue
-        if p.grad is None or not p.grad.abs().sum().item() > 0 or not torch.isfinite(p.grad).all():
-            without.append(name)
         block = _block_of(name)
         grad = p.grad.double().pow(2).sum().item() if p.grad is not None else 0.0
         grad_squares[block] = grad_squares.get(block, 0.0) + (grad if math.isfinite(grad) else 0.0)
@@ -623,18 +636,20 @@ def verify_gradient_flow(model, images: torch.Tensor, targets: torch.Tensor, los
                 for block in grad_squares}
     ratio = min(relative.values()) / max(relative.values()) if relative and max(relative.values()) > 0 else 0.0
     weakest = min(relative, key=relative.get) if relative else None
+    excused = f"; {len(waiting)} wait behind {len(scales)} zero-initialised scales, which get one" if waiting else ""
     return CheckResult(
         name="gradient_flow",
         passed=not without and ratio >= min_ratio,
         value=ratio,
         threshold=min_ratio,
         criterion=f"every parameter of the {len(relative)} blocks gets a finite non-zero gradient ({len(without)} "
-                  f"do not) and smallest / largest block ||grad||/||w|| >= {min_ratio:g} (weakest: {weakest})",
+                  f"do not{excused}) and smallest / largest block ||grad||/||w|| >= {min_ratio:g} (weakest: {weakest})",
         hint=(f"No (finite) gradient for: {', '.join(without[:8])}{' ...' if len(without) > 8 else ''}. Check that "
               "forward() uses every block's output and that nothing detaches the graph." if without else
               f"Block {weakest} gets {ratio:.2g}x the relative gradient of the strongest: the gradient vanishes "
               "on its way back. Look at what lies between it and the loss."),
-        details={"block_relative_gradient": relative, "without_gradient": without, "weakest_block": weakest},
+        details={"block_relative_gradient": relative, "without_gradient": without, "weakest_block": weakest,
+                 "zero_initialised_scales": scales, "waiting_behind_zero_scales": waiting},
         seconds=time.perf_counter() - start,
     )
 
@@ -691,4 +706,460 @@ def initialization_verdict(init: dict) -> CheckResult:
               "bias, so that it predicts 1/10 for every class." if too_high else
               "The loss at init is below ln 10: the net knows the answer before training (a label leak?)."),
         details=dict(init),
+    )
+
+
+# ---------------------------------------------------------------------------
+# The battery of fashionmnist/v10-step2, driving this run's own training step, loss and
+# optimizer on copies of the model: a preflight that passes means the same here as there.
+# ---------------------------------------------------------------------------
+def _copy_for_training(model):
+    """A copy of the run's model in train mode with no gradients, so the check starts where
+    training starts and never touches the real model."""
+    probe = copy.deepcopy(model).train()
+    probe.zero_grad(set_to_none=True)
+    return probe
+
+
+def _endless(loader):
+    """The loader's batches over and over (itertools.cycle would keep a copy of a whole epoch)."""
+    while True:
+        yield from loader
+
+
+@torch.no_grad()
+def _accuracy(model, loader, zero_inputs: bool = False) -> float:
+    model.eval()
+    correct, seen = 0, 0
+    for images, labels in loader:
+        if zero_inputs:
+            images = torch.zeros_like(images)
+        correct += (model(images).argmax(1) == labels).sum().item()
+        seen += len(labels)
+    return correct / seen
+
+
+def test_input_independent_baseline(model, train_loader, val_loader, *, make_optimizer, training_step,
+                                    steps: int = 150, max_baseline_accuracy: float = 0.2,
+                                    min_gap: float = 0.1) -> CheckResult:
+    """Train one copy of the model on all-zero inputs and one on the real training batches
+    (augmented, as the run's loader gives them) with the run's own optimizer and training
+    step, same init, same budget; score both on validation.
+
+    The zero-input model can only learn the class frequencies: ~10% on the stratified
+    validation split. If the real model is not clearly better, it does not learn from the
+    images: the loader pairs images with the wrong labels (shuffled apart once, in
+    load_data), forward() drops its input, or the step does not update. Imagenette is
+    harder than Fashion-MNIST, so the budget is a few hundred steps and the gap asked for
+    smaller: 150 steps of DeeperCNN at 160 px reach ~30% on validation, shuffled labels ~10%.
+    """
+    start = time.perf_counter()
+    accuracies, diverged = {}, {}
+    for mode, zero_inputs in (("zero_input", True), ("real_input", False)):
+        probe = _copy_for_training(model)
+        optimizer, scheduler = make_optimizer(probe, total_steps=steps)
+        try:
+            for images, labels in itertools.islice(_endless(train_loader), steps):
+                training_step(probe, torch.zeros_like(images) if zero_inputs else images, labels, optimizer,
+                              scheduler)
+        except FloatingPointError as err:  # train.TrainingDiverged
+            diverged[mode] = str(err)
+        accuracies[mode] = _accuracy(probe, val_loader, zero_inputs)
+    gap = accuracies["real_input"] - accuracies["zero_input"]
+    if diverged:
+        hint = f"Training diverged ({'; '.join(diverged.values())}): check the learning rate."
+    elif accuracies["zero_input"] > max_baseline_accuracy:
+        hint = ("The model predicts labels without seeing the images: check the class balance of the "
+                "validation split and that nothing but the image carries the label.")
+    else:
+        hint = ("The model does not learn from the images: check that load_data keeps every image with its "
+                "label, that forward() uses its input, and that training_step updates the weights.")
+    return CheckResult(
+        name="input_independent_baseline",
+        passed=not diverged and gap >= min_gap and accuracies["zero_input"] <= max_baseline_accuracy,
+        value=gap,
+        threshold=min_gap,
+        criterion=f"real - zero-input validation accuracy >= {min_gap:.2f} and zero-input <= "
+                  f"{max_baseline_accuracy:.2f} (zero {accuracies['zero_input']:.3f}, "
+                  f"real {accuracies['real_input']:.3f}, {steps} steps each)",
+        hint=hint,
+        details={**accuracies, "steps": steps, "max_baseline_accuracy": max_baseline_accuracy,
+                 "diverged": diverged},
+        seconds=time.perf_counter() - start,
+    )
+
+
+def overfit_one_batch(model, images, labels, *, make_optimizer, training_step, loss_fn, steps: int = 300,
+                      max_loss: float = 0.55, out_dir: Path = Path("outputs"), eval_every: int = 10,
+                      window: int = 10) -> CheckResult:
+    """Memorise a few training images (un-augmented, one per class where possible) with the
+    run's own optimizer and training step: 100% accuracy AND a training loss at the floor.
+
+    The end-to-end test of model + loss + optimizer + step. With label smoothing the loss
+    cannot reach 0: its floor is the entropy of the smoothed target (smoothing_floor, 0.50
+    for eps 0.1 and ten classes), so `max_loss` is that floor plus a margin. The loss judged
+    is the one `training_step` reports (the median of its last `window` steps); the
+    accuracy is measured in eval mode after the last step. Signatures:
+    - loss stuck near loss_fn(softmax of a one-hot) with 100% accuracy: softmax before the loss;
+    - loss at the floor but accuracy below 100%: the step trains on other labels than these;
+    - loss that does not move: no optimizer.step(), no backward, learning rate 0.
+    """
+    start = time.perf_counter()
+    probe = _copy_for_training(model)
+    optimizer, scheduler = make_optimizer(probe, total_steps=steps)
+    step_losses, evaluations, diverged = [], [], None
+
+    def evaluate_now(step):
+        probe.eval()
+        with torch.no_grad():
+            logits = probe(images)
+            evaluations.append({"step": step, "accuracy": (logits.argmax(1) == labels).float().mean().item(),
+                                "eval_loss": loss_fn(logits, labels).item(), "num_classes": logits.shape[1]})
+        probe.train()
+
+    def recent_loss():
+        return statistics.median(step_losses[-window:])
+
+    for step in range(1, steps + 1):
+        try:
+            loss_value, _ = training_step(probe, images, labels, optimizer, scheduler)
+        except FloatingPointError as err:  # train.TrainingDiverged
+            diverged = str(err)
+            break
+        step_losses.append(loss_value)
+        if step % eval_every == 0 or step == steps:
+            evaluate_now(step)
+            if evaluations[-1]["accuracy"] == 1.0 and recent_loss() <= max_loss:
+                break
+    if not evaluations or evaluations[-1]["step"] != len(step_losses):
+        evaluate_now(len(step_losses))  # judge the state after the last step taken
+    accuracy = evaluations[-1]["accuracy"]
+    loss = recent_loss() if step_losses else float("nan")
+    num_classes = evaluations[-1]["num_classes"]
+    # What the run's loss reads when a softmax squashes perfect logits first: the plateau of that bug.
+    one_hot = torch.nn.functional.one_hot(labels, num_classes).float()
+    softmax_floor = loss_fn(one_hot, labels).item()
+    if diverged:
+        hint = f"Training diverged ({diverged}): check the learning rate."
+    elif loss <= max_loss:
+        hint = ("training_step drives its loss to the floor, yet the predictions do not match these labels: the "
+                "step trains on other labels (misaligned, shuffled or transformed) than the batch's.")
+    elif step_losses and loss >= 0.9 * step_losses[0]:
+        hint = ("The loss does not move: check that training_step calls loss.backward() and optimizer.step(), "
+                "and that the optimizer gets the model's parameters and a learning rate > 0.")
+    elif abs(loss - softmax_floor) < 0.15:
+        hint = (f"The loss is stuck near {softmax_floor:.2f}, what loss_fn reads on the softmax of perfect "
+                "logits: softmax (or another squashing) before the cross-entropy. Feed raw logits to the loss.")
+    else:
+        hint = ("Cannot memorise the batch: check the loss (raw logits into cross-entropy), that "
+                "optimizer.step() runs, the learning rate, and that labels match images.")
+    plot_overfit_one_batch(step_losses, evaluations, max_loss, Path(out_dir) / "overfit_one_batch.png")
+    return CheckResult(
+        name="overfit_one_batch",
+        passed=diverged is None and accuracy == 1.0 and loss <= max_loss,
+        value=loss,
+        threshold=max_loss,
+        criterion=f"accuracy 100% and training loss <= {max_loss:.3f} on {len(labels)} images within {steps} "
+                  f"steps (accuracy {accuracy:.0%} after {len(step_losses)} steps; loss = median of the step's "
+                  f"last {min(window, len(step_losses))} losses)",
+        hint=hint,
+        details={"accuracy": accuracy, "steps_needed": len(step_losses), "eval_loss": evaluations[-1]["eval_loss"],
+                 "softmax_plateau": softmax_floor, "step_losses": step_losses, "evaluations": evaluations,
+                 "diverged": diverged},
+        seconds=time.perf_counter() - start,
+    )
+
+
+def verify_batch_independence(model, images, name: str = "batch_independence",
+                              relative_threshold: float = 1e-6) -> CheckResult:
+    """The output of sample i must depend on input i only.
+
+    For each i: backprop a fixed random projection of output i to the inputs; the
+    gradient must be non-zero for input i and zero for every other input (below
+    `relative_threshold` x the largest gradient: rounding, not a dependency). A
+    reshape/view/transpose that mixes the batch dimension shows up here.
+    A random projection and not the plain sum of output i: outputs that sum to a
+    constant (softmax probabilities) have a zero gradient for the sum whatever
+    the model does, which would hide a real leak and fake a dead output.
+    Run in eval mode: in train mode BatchNorm normalises with the batch's own
+    statistics, which couples all samples on purpose and would hide (or fake) a
+    real bug. torch.autograd.grad leaves the parameters' .grad untouched.
+    """
+    start = time.perf_counter()
+    was_training = model.training
+    model.eval()
+    inputs = images.detach().clone().requires_grad_(True)
+    outputs = model(inputs)
+    projection = torch.randn(outputs.shape[1:], generator=torch.Generator().manual_seed(0)).to(outputs.device)
+    norms = []
+    for i in range(len(inputs)):
+        # allow_unused: a forward that cuts the graph (.detach(), no_grad) leaves no path to the
+        # inputs at all; that is the verdict "no gradient on its own input", not a crash.
+        grad = None
+        if outputs.requires_grad:
+            (grad,) = torch.autograd.grad((outputs[i] * projection).sum(), inputs, retain_graph=True,
+                                          allow_unused=True)
+        norms.append(torch.zeros(len(inputs), device=inputs.device) if grad is None else grad.flatten(1).norm(dim=1))
+    model.train(was_training)
+    norms = torch.stack(norms)  # norms[i, j]: gradient of output i's projection w.r.t. input j
+    floor = relative_threshold * norms.max().item()
+    dead = [i for i in range(len(inputs)) if not norms[i, i].item() > floor]
+    leaks = [{"output": i, "input": j, "grad_norm": norms[i, j].item()}
+             for i in range(len(inputs)) for j in range(len(inputs)) if i != j and norms[i, j].item() > floor]
+    offenders = sorted({leak["input"] for leak in leaks})
+    hints = []
+    if leaks:
+        hints.append("Samples are mixed inside the model: look for view/reshape/transpose across the batch "
+                     "dimension, or a custom layer that reduces over dim 0.")
+    if dead:
+        hints.append("Some outputs do not depend on their own input: forward() throws the input away "
+                     "(multiplies it by 0, returns a constant, uses the wrong tensor, detaches it).")
+    return CheckResult(
+        name=name,
+        passed=not leaks and not dead,
+        value=len(leaks) + len(dead),
+        threshold=0,
+        criterion=f"output i depends on input i and on no input j != i, over {len(inputs)} samples"
+                  + (f"; leaking into inputs {offenders}" if offenders else "")
+                  + (f"; outputs {dead} do not depend on their own input" if dead else ""),
+        hint=" ".join(hints) or "Samples are mixed inside the model, or outputs ignore their input.",
+        details={"leaks": leaks[:50], "offending_inputs": offenders, "outputs_without_own_gradient": dead,
+                 "own_gradient_norms": norms.diagonal().tolist()},
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _flat(grads: dict, like: dict) -> torch.Tensor:
+    """One vector of all gradients; a parameter without gradient counts as zeros."""
+    return torch.cat([(grads[name] if grads.get(name) is not None else torch.zeros_like(p)).flatten().float()
+                      for name, p in like.items()])
+
+
+def verify_step_gradient(model, images, labels, *, make_optimizer, training_step, loss_fn,
+                         tolerance: float = 1e-3, autocast: bool = False) -> CheckResult:
+    """The gradient that optimizer.step() uses must be the gradient of `loss_fn` at the
+    current weights on the current batch: nothing left over, nothing missing.
+
+    Two calls of the run's `training_step` on a copy of the model (batches A, then B).
+    A hook on the optimizer records every gradient at the moment it steps. The
+    gradient of step B is compared with a fresh backward pass of `loss_fn` at the
+    same weights, on B, with the same dropout masks (and, with `autocast`, under the same
+    bf16 autocast as the step, which is why the tolerance is wider then). This catches
+    what overfitting one batch cannot: without optimizer.zero_grad() gradients pile up,
+    and Adam still memorises a batch with them, yet every real step is wrong; a loss
+    computed on detached logits then marked requires_grad_() gives no gradient at all.
+    Relative difference ||g_step - g_fresh|| / ||g_fresh||: ~1e-7 when correct in fp32;
+    ~1 when the previous gradient was not cleared.
+    """
+    start = time.perf_counter()
+    probe = _copy_for_training(model)
+    parameters = {name: p for name, p in probe.named_parameters() if p.requires_grad}
+    optimizer, scheduler = make_optimizer(probe, total_steps=2)
+    at_step = []
+    handle = optimizer.register_step_pre_hook(lambda *_: at_step.append(
+        {name: (p.grad.detach().clone() if p.grad is not None else None) for name, p in parameters.items()}))
+    half = len(images) // 2
+    batch_a, batch_b = (images[:half], labels[:half]), (images[half:], labels[half:])
+    seed = 1234  # the same dropout masks in the step and in the fresh backward pass
+    diverged = None
+    try:
+        training_step(probe, *batch_a, optimizer, scheduler)
+        weights = copy.deepcopy(probe.state_dict())
+        torch.manual_seed(seed)
+        training_step(probe, *batch_b, optimizer, scheduler)
+    except FloatingPointError as err:  # train.TrainingDiverged
+        diverged = str(err)
+    handle.remove()
+    details = {"optimizer_steps": len(at_step), "training_steps": 2, "diverged": diverged, "autocast": autocast}
+    if diverged or len(at_step) != 2:
+        problem = (f"training diverged ({diverged})" if diverged else
+                   f"optimizer.step() ran {len(at_step)} times in 2 training steps")
+        hint = ("The loss exploded within two steps: if loss_at_init fails too, fix the init first; "
+                "otherwise lower the learning rate." if diverged else
+                "training_step must call optimizer.step() exactly once per batch.")
+        return CheckResult(name="step_gradient", passed=False, value=float("nan"), threshold=tolerance,
+                           criterion=f"one optimizer step per training step: {problem}", hint=hint,
+                           details=details, seconds=time.perf_counter() - start)
+    fresh = copy.deepcopy(model).train()
+    fresh.load_state_dict(weights)
+    fresh.zero_grad(set_to_none=True)
+    torch.manual_seed(seed)
+    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=autocast):
+        loss = loss_fn(fresh(batch_b[0]), batch_b[1])
+    loss.backward()
+    fresh_grads = {name: p.grad for name, p in fresh.named_parameters() if p.requires_grad}
+    g_fresh, g_step, g_previous = _flat(fresh_grads, parameters), _flat(at_step[1], parameters), \
+        _flat(at_step[0], parameters)
+    scale = g_fresh.norm().item() or 1.0
+    difference = (g_step - g_fresh).norm().item() / scale
+    accumulated = (g_step - g_fresh - g_previous).norm().item() / scale
+    missing = [name for name, grad in at_step[1].items() if grad is None]
+    if len(missing) == len(parameters):
+        hint = ("No gradient reaches optimizer.step(): training_step must call loss.backward() on a loss that "
+                "is connected to the model (not one computed on .detach()ed logits and then marked "
+                "requires_grad_()), after optimizer.zero_grad() and before optimizer.step().")
+    elif accumulated <= tolerance:
+        hint = ("Gradients accumulate over steps: the previous batch's gradient is still in .grad. "
+                "Call optimizer.zero_grad() once per training_step, before loss.backward().")
+    else:
+        hint = ("The step's gradient is not the gradient of loss_fn(model(images), labels): training_step "
+                "computes its loss on something else (softmax on the logits, changed or misaligned labels, "
+                "a rescaled loss) or changes the gradients before optimizer.step().")
+    details.update(relative_difference=difference, relative_difference_if_accumulated=accumulated,
+                   parameters_without_gradient=missing, fresh_gradient_norm=g_fresh.norm().item(),
+                   step_gradient_norm=g_step.norm().item())
+    return CheckResult(
+        name="step_gradient",
+        passed=difference <= tolerance,
+        value=difference,
+        threshold=tolerance,
+        criterion=f"||gradient at optimizer.step() - fresh gradient of loss_fn|| / ||fresh|| <= {tolerance:g}"
+                  + (f" (gradient at the step = fresh + previous step's: accumulated)"
+                     if accumulated <= tolerance < difference else ""),
+        hint=hint,
+        details=details,
+        seconds=time.perf_counter() - start,
+    )
+
+
+# ---------------------------------------------------------------------------
+# Zero-initialised scales: good practice, not a gradient-flow failure
+# ---------------------------------------------------------------------------
+# Layers that start at exactly zero on purpose and multiply a branch: BatchNorm's scale at the end
+# of a residual branch (Goyal et al. 2017; torchvision's zero_init_residual=True), a SkipInit or
+# ReZero gate. Until the scale has had one update, nothing upstream of it in that branch can get a
+# gradient, and that is the point: every block starts as the identity.
+NORM_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
+
+
+def zero_initialised_scales(model) -> list[str]:
+    """Names of the trainable multiplicative parameters that are exactly zero: a normalisation
+    layer's scale (weight), or any other parameter of at most one dimension that is not a bias."""
+    names = []
+    for module_name, module in model.named_modules():
+        for name, p in module.named_parameters(recurse=False):
+            is_scale = name == "weight" if isinstance(module, NORM_LAYERS) else (p.ndim <= 1 and name != "bias")
+            if p.requires_grad and p.numel() and is_scale and not p.detach().any():
+                names.append(f"{module_name}.{name}" if module_name else name)
+    return names
+
+
+def gradients_behind_zero_scales(model, images, labels, loss_fn, without: list[str]):
+    """Which parameters of `without` (no gradient in one backward pass) only wait behind a
+    zero-initialised scale: in a copy with every such scale set to 1, they get a finite,
+    non-zero gradient. Returns (scales, waiting, opened copy after its backward pass or None)."""
+    scales = zero_initialised_scales(model)
+    if not scales:
+        return scales, [], None
+    opened = copy.deepcopy(model).train()
+    with torch.no_grad():
+        for name in scales:
+            opened.get_parameter(name).fill_(1.0)
+    opened.zero_grad(set_to_none=True)
+    loss_fn(opened(images), labels).backward()
+    waiting = []
+    for name in without:
+        grad = opened.get_parameter(name).grad
+        if name not in scales and grad is not None and grad.abs().sum().item() > 0 and torch.isfinite(grad).all():
+            waiting.append(name)
+    return scales, waiting, opened
+
+
+# ---------------------------------------------------------------------------
+# Beyond the seed: the modes the run's own loop trains and evaluates in
+# ---------------------------------------------------------------------------
+# Layers that compute something else in training than in evaluation. A frozen BatchNorm
+# normalises with running statistics that never leave their init (mean 0, variance 1);
+# a Dropout in eval mode drops nothing, one in training mode at test time drops units.
+MODE_DEPENDENT_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
+
+
+def _names(names, most: int = 4) -> str:
+    names = list(names)
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def verify_train_eval_modes(model, *, train_epoch, evaluate) -> CheckResult:
+    """Every layer that behaves differently in training (BatchNorm, Dropout) is in training
+    mode whenever the run's own epoch function calls it, BatchNorm's running statistics move
+    while it trains, and every such layer is in eval mode whenever the run's own evaluation
+    calls it.
+
+    `train_epoch(probe)` and `evaluate(probe)` run the run's own epoch and evaluation on a
+    copy of the model and a few batches. The order is the one training has: evaluate first
+    (as after an epoch's validation), then an epoch, then evaluate again, so an epoch that
+    forgets model.train() after the validation is caught too. Hooks record the mode each layer
+    is in when it runs; nothing else is changed. Bugs it sees: a loop that never switches back
+    to train() (BatchNorm then normalises with frozen statistics and Dropout does nothing, so
+    the model trains as another network than it evaluates), a "freeze BatchNorm" snippet from
+    fine-tuning code run from scratch, and an evaluation without model.eval(). Lightning and
+    fastai set the modes for you; in your own loop nothing does.
+    """
+    start = time.perf_counter()
+    probe = copy.deepcopy(model)
+    layers = {name: m for name, m in probe.named_modules() if isinstance(m, MODE_DEPENDENT_LAYERS)}
+    if not layers:
+        return CheckResult(
+            name="train_eval_modes", passed=True, value=0, threshold=0,
+            criterion="nothing to judge: the model has no BatchNorm or Dropout, the layers that behave "
+                      "differently in training and evaluation",
+            hint="", details={"layers": []}, seconds=time.perf_counter() - start)
+    modes = {"train": {}, "evaluate": {}}  # phase -> layer -> the modes it ran in
+    phase = ["evaluate"]
+
+    def recorder(name):
+        return lambda module, inputs: modes[phase[0]].setdefault(name, set()).add(module.training)
+
+    batchnorms = {name: m for name, m in layers.items()
+                  if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats}
+    handles = [m.register_forward_pre_hook(recorder(name)) for name, m in layers.items()]
+    diverged = None
+    try:
+        evaluate(probe)
+        before = {name: m.running_mean.clone() for name, m in batchnorms.items()}
+        phase[0] = "train"
+        try:
+            train_epoch(probe)
+        except FloatingPointError as err:  # train.TrainingDiverged
+            diverged = str(err)
+        moved = {name: not torch.equal(m.running_mean, before[name]) for name, m in batchnorms.items()}
+        phase[0] = "evaluate"
+        evaluate(probe)
+    finally:
+        for handle in handles:
+            handle.remove()
+    eval_in_training = [name for name, seen in modes["train"].items() if False in seen]
+    frozen = [name for name, did in moved.items() if not did and name in modes["train"]
+              and name not in eval_in_training]
+    training_in_eval = [name for name, seen in modes["evaluate"].items() if True in seen]
+    not_run = [name for name in layers if name not in modes["train"]]
+    problems, hints = [], []
+    if eval_in_training:
+        problems.append(f"in eval mode while training: {_names(eval_in_training)}")
+        hints.append("The epoch must call model.train() at its start (the validation before it left the model "
+                     "in eval mode), and nothing in the loop may call .eval() on a layer (a 'freeze BatchNorm' "
+                     "snippet): BatchNorm then normalises with statistics that never move, Dropout drops nothing.")
+    if frozen:
+        problems.append(f"running statistics did not move while training: {_names(frozen)}")
+        hints.append("BatchNorm's momentum is 0 or its statistics are reset in the loop: evaluation will "
+                     "normalise with the init's mean 0 and variance 1.")
+    if training_in_eval:
+        problems.append(f"in training mode during evaluation: {_names(training_in_eval)}")
+        hints.append("evaluate() must call model.eval(): otherwise Dropout drops units at test time and "
+                     "BatchNorm uses each batch's statistics and updates its running ones from evaluation data.")
+    # A diverging epoch is step_gradient's and the loss checks' finding, not this one's: the
+    # modes are judged on the forward passes that ran before it stopped.
+    ran = f" (the epoch stopped early, modes judged on the steps that ran: {diverged})" if diverged else ""
+    return CheckResult(
+        name="train_eval_modes",
+        passed=not problems,
+        value=len(eval_in_training) + len(frozen) + len(training_in_eval),
+        threshold=0,
+        criterion=f"{len(layers)} BatchNorm/Dropout layers: training mode in the run's epoch (BatchNorm statistics "
+                  f"moving), eval mode in its evaluation" + (f": {'; '.join(problems)}" if problems else "") + ran,
+        hint=" ".join(hints),
+        details={"layers": list(layers), "eval_mode_in_training": eval_in_training,
+                 "statistics_frozen": frozen, "training_mode_in_evaluation": training_in_eval,
+                 "not_run_in_training": not_run, "diverged": diverged},
+        seconds=time.perf_counter() - start,
     )

@@ -69,13 +69,19 @@ from debug_tools import (  # noqa: E402
     verify_gradient_flow,
     inspect_batch,
     print_check_summary,
+    overfit_one_batch,
     rng_untouched,
+    smoothing_floor,
+    test_input_independent_baseline,
+    verify_batch_independence,
     verify_eval_unaugmented,
     verify_loss_at_init,
     verify_lr_schedule,
     verify_normalisation_stats,
     verify_normalised_batch,
+    verify_step_gradient,
     verify_train_augmented,
+    verify_train_eval_modes,
 )
 from metrics import evaluate  # noqa: E402
 from normalize import training_set_statistics  # noqa: E402
@@ -137,12 +143,33 @@ MAX_DEAD_FRACTION = 0.5
 # < e^-25) stops training as diverged, like NaN does: a far too high learning rate often
 # explodes the loss to 1e29 and beyond without ever making it NaN.
 DIVERGED_LOSS = 25.0
+# The battery of fashionmnist/v10-step2, driving this run's own training step, loss and optimizer
+# on copies of the model (with step_gradient, batch independence and train/eval modes, always on).
+RUN_INPUT_INDEPENDENT_BASELINE = True  # a model trained on zeroed inputs must be clearly worse than the real one
+RUN_OVERFIT_TEST = True  # one training image per class must be memorised: 100% and the loss at its floor
+RUN_BATCH_INDEPENDENCE_TEST = True  # output i must depend on input i only (backprop, eval mode)
+# Steps of each of the two baseline models, and the validation accuracy the real one must gain over
+# the zero-input one (~10%). Imagenette learns slower than Fashion-MNIST: in 150 steps v6a
+# reaches 32-35% (seeds 0-2), v6b 26% on the H200; with images shuffled apart from their
+# labels, 11% (runs/2026-12-05-h200-imagenette-preflight).
+BASELINE_STEPS = 150
+BASELINE_MIN_GAP = 0.10
+OVERFIT_STEPS = 300  # most steps on the ten images; DeeperCNN needs 90-100 (v6b: 160) on the H200
+# 'Memorised': the loss at most label smoothing's floor (0.50 for 0.1) plus this; a softmax before
+# the loss plateaus near 1.55 instead. The floor is approached slowly (v6b: 0.553 after 300 steps
+# on the --quick subset), so the margin is 0.1, not Fashion-MNIST's 0.05 over a floor of 0.
+OVERFIT_MARGIN = 0.1
 
 # --quick: a few images per class at 64 px and one epoch, so every code path runs in seconds on
 # a CPU (a 160 px image costs a CPU about as much as six 64 px ones).
 QUICK_PER_CLASS = {"train": 16, "val": 4, "test": 8}
 QUICK_IMAGE_SIZE = 64
 QUICK_EPOCHS = 1
+QUICK_BASELINE_STEPS = 60
+# --quick leaves the input-independent baseline off unless asked for: 160 real images at 64 px show
+# no learned signal on validation within a CPU minute (v6a: real 17.5% vs zero 10% after 150 steps),
+# so it would fail on correct code.
+QUICK_INPUT_INDEPENDENT_BASELINE = False
 
 NUM_CLASSES = 10
 VERSION = f"imagenette/v6/{VERSION_DIR.name}"
@@ -627,7 +654,24 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="allowed |mean| and |std - 1| per channel of normalised training batches")
     p.add_argument("--max-dead-fraction", type=float, default=MAX_DEAD_FRACTION,
                    help="largest allowed share of dead ReLU units in one layer")
+    p.add_argument("--input-independent-baseline", action=argparse.BooleanOptionalAction, default=None,
+                   help=f"the real model must beat a zero-input one (None: {RUN_INPUT_INDEPENDENT_BASELINE}, "
+                        f"under --quick {QUICK_INPUT_INDEPENDENT_BASELINE})")
+    p.add_argument("--overfit-test", action=argparse.BooleanOptionalAction, default=RUN_OVERFIT_TEST,
+                   help="one training image per class must be memorised")
+    p.add_argument("--batch-independence-test", action=argparse.BooleanOptionalAction,
+                   default=RUN_BATCH_INDEPENDENCE_TEST, help="output i must depend on input i only")
+    p.add_argument("--baseline-steps", type=int, default=BASELINE_STEPS, help="training steps of each baseline model")
+    p.add_argument("--baseline-min-gap", type=float, default=BASELINE_MIN_GAP,
+                   help="validation accuracy the real model must gain over the zero-input one")
+    p.add_argument("--overfit-steps", type=int, default=OVERFIT_STEPS, help="most training steps on the ten images")
+    p.add_argument("--overfit-margin", type=float, default=OVERFIT_MARGIN,
+                   help="'memorised': loss at most label smoothing's floor plus this")
     args = p.parse_args(argv)
+    if args.baseline_steps < 1 or args.overfit_steps < 1 or not 0 < args.baseline_min_gap <= 1 \
+            or not args.overfit_margin > 0:
+        p.error("--baseline-steps and --overfit-steps must be >= 1, --baseline-min-gap in (0, 1], "
+                "--overfit-margin > 0")
     if not args.diverged_loss > 0:
         p.error("--diverged-loss must be > 0 (inf switches the explosion stop off; NaN always stops)")
     if args.epochs < 1 or args.batch_size < 1 or not math.isfinite(args.lr) or args.lr <= 0:
@@ -648,9 +692,13 @@ def parse_args(argv=None) -> argparse.Namespace:
             or not 0 < args.target_val_accuracy <= 1:
         p.error("--final-weight-std must be > 0, --final-bias-std >= 0, --init-check-batches >= 1, "
                 "--target-val-accuracy in (0, 1]")
+    if args.input_independent_baseline is None:
+        args.input_independent_baseline = QUICK_INPUT_INDEPENDENT_BASELINE if args.quick \
+            else RUN_INPUT_INDEPENDENT_BASELINE
     if args.quick:
         args.epochs = min(args.epochs, QUICK_EPOCHS)
         args.image_size = min(args.image_size, QUICK_IMAGE_SIZE)
+        args.baseline_steps = min(args.baseline_steps, QUICK_BASELINE_STEPS)
     return args
 
 
@@ -719,12 +767,56 @@ def start_run(cfg, argv) -> Run:
     return Run(cfg, out, device, results)
 
 
+def per_class(labels: torch.Tensor, count: int) -> torch.Tensor:
+    """Indices of the first `count` images of every class, round by round (one of each class,
+    then the next of each), so that any slice of NUM_CLASSES of them holds every class."""
+    rounds = [[(labels == c).nonzero().flatten()[r] for c in range(NUM_CLASSES)] for r in range(count)]
+    return torch.stack([index for one_round in rounds for index in one_round])
+
+
+def battery_checks(run: Run, data: Data, model, run_loss) -> dict:
+    """fashionmnist/v10-step2's checks, each driving this run's own training_step, make_optimizer,
+    loss_fn, train_one_epoch and evaluate on copies of the model: the gradient optimizer.step()
+    gets, memorising one image per class, the input-independent baseline, batch independence and
+    the train/eval modes. Called inside rng_untouched."""
+    cfg, checks = run.cfg, {}
+    new_optimizer = functools.partial(make_optimizer, cfg=cfg)  # a check lays the schedule over its own steps
+    step = functools.partial(training_step, diverged_loss=cfg.diverged_loss, label_smoothing=cfg.label_smoothing)
+    chosen = per_class(data.train_loader.labels, 2)  # 20 training images, every class twice
+    images, labels = data.train_loader.images[chosen], data.train_loader.labels[chosen]
+    plain = data.val_loader.transform(images, None)  # un-augmented and normalised, as evaluation sees them
+    checks["step_gradient"] = verify_step_gradient(model, plain, labels, make_optimizer=new_optimizer,
+                                                   training_step=step, loss_fn=run_loss)
+    if cfg.overfit_test:
+        checks["overfit_one_batch"] = overfit_one_batch(
+            model, plain[:NUM_CLASSES], labels[:NUM_CLASSES], make_optimizer=new_optimizer, training_step=step,
+            loss_fn=run_loss, steps=cfg.overfit_steps,
+            max_loss=smoothing_floor(NUM_CLASSES, cfg.label_smoothing) + cfg.overfit_margin, out_dir=run.out)
+    if cfg.input_independent_baseline:
+        checks["input_independent_baseline"] = test_input_independent_baseline(
+            model, data.train_loader, data.val_loader, make_optimizer=new_optimizer, training_step=step,
+            steps=cfg.baseline_steps, min_gap=cfg.baseline_min_gap)
+    if cfg.batch_independence_test:
+        checks["batch_independence"] = verify_batch_independence(model, plain[:8])
+    few_train = TensorLoader(images, labels, NUM_CLASSES, transform=data.train_loader.transform)
+    few_eval = TensorLoader(images, labels, NUM_CLASSES, transform=data.val_loader.transform)
+
+    def own_epoch(probe):  # this run's epoch (MixUp, augmentation), on two batches, with its own optimizer
+        probe_optimizer, probe_scheduler = new_optimizer(probe, total_steps=len(few_train))
+        train_one_epoch(probe, few_train, probe_optimizer, probe_scheduler, diverged_loss=cfg.diverged_loss,
+                        label_smoothing=cfg.label_smoothing, mixup_alpha=cfg.mixup_alpha)
+    checks["train_eval_modes"] = verify_train_eval_modes(
+        model, train_epoch=own_epoch, evaluate=lambda probe: evaluate(probe, few_eval, run.device))
+    return checks
+
+
 def checks_before_training(run: Run, data: Data, model, optimizer, scheduler) -> dict:
     """Look at one training batch (augmented and normalised, as the model gets it) before
     training on it, and at the class mix of every split; make sure the statistics are the
     training split's, training batches are augmented and evaluation batches are not; measure
     every ReLU layer's activations on that batch; the loss at init with the run's own loss,
-    and the run's own schedule, planned and stepped. Inside
+    the run's own schedule, planned and stepped, and fashionmnist/v10-step2's battery on the
+    run's own step (battery_checks). Inside
     rng_untouched: drawing batches advances the loader's shuffle and augmentation, and no
     check may change what training sees."""
     print("\n--- Checks before training ---")
@@ -759,6 +851,7 @@ def checks_before_training(run: Run, data: Data, model, optimizer, scheduler) ->
                                               label_smoothing=cfg.label_smoothing, mixup_alpha=cfg.mixup_alpha),
             batches=[(images[:8], labels[:8])] * 3)
         plot_lr_schedule(checks["lr_schedule"].details, run.out / "lr_schedule.png")
+        checks.update(battery_checks(run, data, model, run_loss))
         checks["normalised_batch"] = verify_normalised_batch(data.train_loader, cfg.normalised_tolerance)
         checks["normalisation_from_train"] = verify_normalisation_stats(
             {"train": data.train_loader.images, "val": data.val_loader.images, "test": data.test_loader.images},

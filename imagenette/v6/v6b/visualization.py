@@ -193,3 +193,21 @@ def plot_gradient_norms(history_path: Path, out_path: Path, first_epochs: int = 
     fig.tight_layout()
     save_figure(fig, out_path, dpi=100)
     plt.close(fig)
+
+
+def plot_overfit_one_batch(step_losses: list[float], evaluations: list[dict], max_loss: float,
+                           out_path: Path) -> None:
+    """The loss training_step reported at every step (log scale) and the eval-mode accuracy
+    while memorising one small batch."""
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    ax_loss.semilogy(range(1, len(step_losses) + 1), [max(v, 1e-8) for v in step_losses], ".-")
+    ax_loss.axhline(max_loss, color="red", ls="--", label=f"pass: loss <= {max_loss}")
+    ax_loss.set(xlabel="step", ylabel="loss reported by training_step", title="Overfit one batch: loss")
+    ax_loss.legend()
+    ax_acc.plot([e["step"] for e in evaluations], [100 * e["accuracy"] for e in evaluations], "o-", color="green")
+    ax_acc.set(xlabel="step", ylabel="accuracy (%, eval mode)", title="Overfit one batch: accuracy", ylim=(0, 105))
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    save_figure(fig, out_path, dpi=100)
+    plt.close(fig)
