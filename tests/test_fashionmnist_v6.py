@@ -269,3 +269,29 @@ def test_bad_flags_exit_2(argv, message, tmp_path, capsys):
 
 def test_help_lists_every_flag_with_its_default(capsys):
     assert_help_lists_every_flag(V6, FLAGS, capsys)
+
+
+def test_gradient_flow_passes_zero_initialised_residual_scales_and_fails_a_detached_branch(v6):
+    """Issue 26: every block's last BatchNorm scale at 0 (Goyal et al. 2017) is good practice: the
+    branches get no gradient at init, their scales do, and the check passes. The same init with
+    one branch detached still fails, naming that branch's convolution (v7 and v8 share this file)."""
+    train, debug_tools, images, labels = v6
+
+    def zero_init(model):
+        with torch.no_grad():
+            for name, module in model.named_modules():
+                if name.endswith("bn2"):
+                    module.weight.zero_()
+        return model
+
+    good = debug_tools.verify_gradient_flow(zero_init(train.ResNet()), images, labels, train.loss_fn)
+    assert good.passed, good.report()
+    assert len(good.details["zero_initialised_scales"]) == 6 and "layer2.1.conv1.weight" in \
+        good.details["waiting_behind_zero_scales"]
+    assert "wait behind 6 zero-initialised scales" in good.criterion
+    model = zero_init(train.ResNet())
+    block = model.layer2[1]
+    block.conv1.forward = lambda x, conv=block.conv1: type(conv).forward(conv, x).detach()
+    bad = debug_tools.verify_gradient_flow(model, images, labels, train.loss_fn)
+    assert not bad.passed
+    assert "layer2.1.conv1.weight" in bad.details["without_gradient"]
