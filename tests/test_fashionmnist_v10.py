@@ -34,7 +34,8 @@ PNGS = ["human_baseline_samples.png", "input_visualization.png", "overfit_one_ba
         "data_samples.png", "class_means.png", "pixel_histogram.png"]
 PROMISED = [*PNGS, "best_model_v10.pth", "results.json", "history.jsonl", "REPORT.md"]
 CHECKS = ["input_independent_baseline", "input_before_net", "loss_at_init", "optimizer_config", "gradient_flow",
-          "step_gradient", "overfit_one_batch", "batch_independence", "training_loss_decreases", "train_test_gap",
+          "step_gradient", "overfit_one_batch", "batch_independence", "train_eval_modes", "training_loss_decreases",
+          "train_test_gap",
           "batch_independence_after_training"]
 
 

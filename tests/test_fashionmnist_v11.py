@@ -47,7 +47,8 @@ PNGS = ["data_samples.png", "class_means.png", "pixel_histogram.png", "human_bas
         "misclassifications.png"]
 PROMISED = [*PNGS, "best_model_v11.pth", "results.json", "history.jsonl", "REPORT.md"]
 CHECKS = ["input_before_net", "loss_at_init", "optimizer_config", "lr_schedule", "gradient_flow", "step_gradient",
-          "overfit_one_batch", "batch_independence", "capacity", "training_loss_decreases", "train_test_gap",
+          "overfit_one_batch", "batch_independence", "train_eval_modes", "capacity", "training_loss_decreases",
+          "train_test_gap",
           "batch_independence_after_training"]
 # One epoch of four batches cannot fit 512 images nor bring the loss down by 10%: both fail in --quick.
 FAIL_IN_QUICK = {"capacity", "training_loss_decreases"}
