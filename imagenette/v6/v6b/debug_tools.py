@@ -1103,7 +1103,8 @@ def verify_train_eval_modes(model, *, train_epoch, evaluate) -> CheckResult:
             name="train_eval_modes", passed=True, value=0, threshold=0,
             criterion="nothing to judge: the model has no BatchNorm or Dropout, the layers that behave "
                       "differently in training and evaluation",
-            hint="", details={"layers": []}, seconds=time.perf_counter() - start)
+            hint="A model with BatchNorm or Dropout gets this check; this one has none.", details={"layers": []},
+            seconds=time.perf_counter() - start)
     modes = {"train": {}, "evaluate": {}}  # phase -> layer -> the modes it ran in
     phase = ["evaluate"]
 
@@ -1157,7 +1158,8 @@ def verify_train_eval_modes(model, *, train_epoch, evaluate) -> CheckResult:
         threshold=0,
         criterion=f"{len(layers)} BatchNorm/Dropout layers: training mode in the run's epoch (BatchNorm statistics "
                   f"moving), eval mode in its evaluation" + (f": {'; '.join(problems)}" if problems else "") + ran,
-        hint=" ".join(hints),
+        hint=" ".join(hints) or ("When it fails: model.train() at the start of the epoch, model.eval() in "
+                                 "evaluate(), and no .eval() on single layers inside the loop."),
         details={"layers": list(layers), "eval_mode_in_training": eval_in_training,
                  "statistics_frozen": frozen, "training_mode_in_evaluation": training_in_eval,
                  "not_run_in_training": not_run, "diverged": diverged},
