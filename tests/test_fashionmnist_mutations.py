@@ -71,6 +71,12 @@ MUTATIONS = {
     "loss on detached logits, requires_grad_() after": (
         "loss = loss_fn(logits, labels)", "loss = loss_fn(logits.detach(), labels).requires_grad_()",
         "step_gradient", "No gradient reaches optimizer.step()", None),
+    # issue 27: the step's gradient differs because of the layers' mode, and the hint says so
+    "BatchNorm switched to eval inside training_step": (
+        "    logits = model(images)\n    loss = loss_fn(logits, labels)\n",
+        "    for layer in model.modules():\n        if isinstance(layer, nn.BatchNorm2d):\n            layer.eval()\n"
+        "    logits = model(images)\n    loss = loss_fn(logits, labels)\n",
+        "step_gradient", "layers ran in eval mode inside training_step", None),
     "images shuffled once without their labels": (
         "FashionMNISTTensors(to_tensor(images[idx]).to(device)",
         "FashionMNISTTensors(to_tensor(images[idx][torch.randperm(len(idx))]).to(device)",

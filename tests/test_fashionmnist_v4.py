@@ -222,8 +222,8 @@ def test_modes_fail_when_the_model_is_evaluated_in_train_mode(v4):
     check = modes_check(v4, evaluate=evaluate_forgetting_eval)
     assert not check.passed and check.value == 2
     assert check.details["evaluate_calls_in_train_mode"] > 0
-    assert any("evaluate() ran" in p and "in train mode: it must call model.eval()" in p
-               for p in check.details["problems"])
+    assert any("evaluate() ran" in p and "in train mode (features.0.1," in p and "it must call model.eval()" in p
+               for p in check.details["problems"])  # the layers named, the first BatchNorm first
     assert "evaluate() changed BatchNorm's running statistics" in check.details["problems"]
 
 
@@ -252,6 +252,44 @@ def test_modes_fail_when_training_runs_in_eval_mode(v4):
 
     check = modes_check(v4, train_one_epoch=train_one_epoch_forgetting_train)
     assert not check.passed and check.value == 1 and check.details["training_calls_in_eval_mode"] > 0
+
+
+def test_modes_name_the_layers_switched_back_after_model_train(v4):
+    """Issue 27: a "freeze BatchNorm" snippet after model.train() (Dropout still trains). The hint
+    must not say "call model.train()", which the code does: it names the layers and the cause."""
+    train = v4[0]
+
+    def train_one_epoch_freezing_batchnorm(model, batches, optimizer):
+        original_train = model.train
+
+        def train_then_freeze(mode=True):
+            original_train(mode)
+            for layer in model.modules():
+                if isinstance(layer, nn.BatchNorm2d):
+                    layer.eval()
+            return model
+
+        model.train = train_then_freeze
+        return train.train_one_epoch(model, batches, optimizer, 0, 0)
+
+    check = modes_check(v4, train_one_epoch=train_one_epoch_freezing_batchnorm)
+    assert not check.passed and check.value == 1, check.report()
+    [problem] = check.details["problems"]
+    assert "model.train() was called (the other layers ran in train mode), but these were switched back" in problem
+    assert "'freeze BatchNorm'" in problem and "features.0.1" in problem  # the first BatchNorm, by name
+    assert "is model.train() called" not in problem
+
+
+def test_modes_say_model_train_is_missing_when_every_layer_runs_in_eval_mode(v4):
+    train = v4[0]
+
+    def train_one_epoch_forgetting_train(model, batches, optimizer):
+        model.train = lambda mode=True: model
+        return train.train_one_epoch(model, batches, optimizer, 0, 0)
+
+    check = modes_check(v4, train_one_epoch=train_one_epoch_forgetting_train)
+    [problem] = check.details["problems"]
+    assert "is model.train() called before its loop?" in problem and "switched back" not in problem
 
 
 def test_preflight_fails_when_evaluate_forgets_model_eval(run, tmp_path):

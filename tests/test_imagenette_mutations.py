@@ -82,6 +82,22 @@ def test_preflight_fails_on_the_edit(mutation, tmp_path, imagenette_folder, monk
     assert hint_words in failed[check]["hint"], failed[check]["hint"]
 
 
+def test_preflight_fails_on_statistics_of_uint8_pixels(tmp_path, imagenette_folder, monkeypatch):
+    """Issue 27: normalize.py's statistics computed on [0, 255] and applied to [0, 1] pixels squeeze
+    every batch into [-1.7, -1.4] with std 0.004. first_batch's range is derived from those same
+    statistics and could not see it; the batch's own mean and std do."""
+    folder = copy_with_edit(tmp_path)
+    normalize = folder / "normalize.py"
+    old = "        pixels = images_uint8[start:start + batch_size].to(dtype).div(255.0)\n"
+    assert normalize.read_text().count(old) == 1
+    normalize.write_text(normalize.read_text().replace(old, old.replace(".div(255.0)", "")))
+    results, stdout = preflight(folder, imagenette_folder, monkeypatch, tmp_path / "cache")
+    failed = {name: c for name, c in results["checks"].items() if not c["passed"]}
+    assert results["exit_code"] == 1 and {"first_batch", "normalised_batch"} <= set(failed), stdout[-3000:]
+    assert failed["first_batch"]["details"]["problems"][0].startswith("not normalised: channel means")
+    assert max(failed["first_batch"]["details"]["channel_stds"]) < 0.05
+
+
 # ---------------------------------------------------------------------------
 # imagenette/v7: the same for the ResNets; the edits go into ../models/resnet.py (shared by
 # v7a/b/c) or train.py of a copy of v7a, and v7a's --preflight must fail with the check meant.
@@ -115,6 +131,11 @@ V7_MUTATIONS = {
         "v7a/train.py", "    loss = loss_fn(logits.float(), labels, label_smoothing)\n",
         "    loss = loss_fn(logits.detach().float(), labels, label_smoothing).requires_grad_()\n",
         "step_gradient", "No gradient reaches optimizer.step()"),
+    # issue 27: an identity skip has no parameters; only gradient_flow's skips test sees it dropped
+    "identity skips dropped in BasicBlock": (
+        "models/resnet.py", "        return self.relu2(out + shortcut)\n\n\nclass Bottleneck",
+        "        return self.relu2(out + (shortcut if self.downsample is not None else 0))\n\n\nclass Bottleneck",
+        "gradient_flow", "a block has dropped its skip"),
 }
 SHUFFLED = ("v7a/train.py", "    train_images = data.train_images.to(device)\n",
             "    train_images = data.train_images[torch.randperm(len(data.train_images))].to(device)\n")

@@ -10,6 +10,7 @@ import json
 import math
 import re
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,6 +29,7 @@ from imagenette_v2_v5_helpers import (  # noqa: F401  (fixtures)
     quiet_quick_run,
 )
 
+ROOT = Path(__file__).resolve().parents[1]
 V2 = "imagenette/v2"
 CHECKS = ["first_batch", "normalised_batch", "normalisation_from_train", "train_batches_augmented",
           "eval_deterministic_unaugmented", "class_balance"]
@@ -117,6 +119,46 @@ def test_first_batch_is_judged_in_the_normalised_range(run, v2):
     assert low < -1 and high > 1  # normalised: no longer [0, 1]
     assert low - 1e-4 <= batch["details"]["min"] < 0 < batch["details"]["max"] <= high + 1e-4
     assert f"in [{low:.3g}, {high:.3g}]" in batch["criterion"]
+
+
+def first_batch_with(v2, transform, normalised: bool = True):
+    """first_batch on the first training batch as `transform` makes it, judged as train.py judges it."""
+    loader = loader_with(v2, "train", transform, shuffle=True)
+    images, labels = next(iter(loader))
+    return v2["debug_tools"].inspect_batch(images, labels, 10, value_range=transform.output_range(),
+                                           image_shape=tuple(images.shape[1:]), normalised=normalised)
+
+
+def test_first_batch_passes_a_correctly_normalised_batch(v2):
+    check = first_batch_with(v2, v2["data"].train_loader.transform)
+    assert check.passed, check.report()
+    assert all(abs(m) <= 0.5 for m in check.details["channel_means"])
+    assert all(0.5 <= s <= 2.0 for s in check.details["channel_stds"])
+
+
+@pytest.mark.parametrize("bug", ["statistics of uint8 pixels", "no normalisation"])
+def test_first_batch_fails_on_wrong_statistics_its_range_cannot_see(v2, bug):
+    """The range a batch may span is derived from the loader's own statistics, so wrong statistics
+    move the range with the batch: only the batch's own mean and std give them away."""
+    mean, std = v2["data"].normalisation["mean"], v2["data"].normalisation["std"]
+    if bug == "statistics of uint8 pixels":  # computed on [0, 255], applied to [0, 1] floats
+        wrong = v2["train"].Transform([m * 255 for m in mean], [s * 255 for s in std], augment=True)
+    else:
+        wrong = v2["train"].Transform([0.0] * 3, [1.0] * 3, augment=True)
+    range_only = first_batch_with(v2, wrong, normalised=False)
+    assert range_only.passed, range_only.report()  # what the check saw before: the bug passed
+    check = first_batch_with(v2, wrong)
+    assert not check.passed and check.value == 1, check.report()
+    assert check.details["problems"][0].startswith("not normalised: channel means")
+    assert max(check.details["channel_stds"]) < 0.5  # 0.004 (uint8 statistics) or ~0.3 (none)
+
+
+@pytest.mark.parametrize("version", ["imagenette/v2", "imagenette/v3", "imagenette/v4", "imagenette/v5",
+                                     "imagenette/v6/v6a", "imagenette/v6/v6b", "imagenette/v7/v7a",
+                                     "imagenette/v7/v7b", "imagenette/v7/v7c"])
+def test_every_normalising_version_judges_its_first_batch_as_normalised(version):
+    source = (ROOT / version / "train.py").read_text()
+    assert "image_shape=(3, cfg.image_size, cfg.image_size), normalised=True)" in source
 
 
 def test_loaders_share_the_training_statistics(v2):

@@ -27,6 +27,7 @@ import torch
 
 from conftest import REPO_ROOT
 from fmnist_helpers import VersionContext, assert_png_has_content, read_jsonl
+from fmnist_v1_v4_helpers import assert_checks_do_not_perturb
 from test_imagenette_diffs import growth_problems, top_level
 from imagenette_helpers import (  # noqa: F401  (fixtures)
     imagenette_folder,
@@ -405,6 +406,51 @@ def test_resume_gives_the_numbers_of_a_run_in_one_go(one_go, resumed):
                 "epochs_done", "epoch_to_target"):
         assert resumed["results"][key] == one_go["results"][key], key
     assert resumed["results"]["status"] == "completed" and resumed["results"]["all_checks_passed"] is True
+
+
+def test_the_battery_does_not_change_training(one_go, tiny_folder, tmp_path):
+    """Issue 26: checks observe, they do not perturb. The same run with the battery's optional checks
+    off (overfit one batch, batch independence, the input-independent baseline: hundreds of steps of
+    the run's own training_step on copies) trains the same model to the last bit. The checks that
+    always run are held to the same by test_the_checks_do_not_change_training."""
+    out = tmp_path / "out"
+    results, text, _ = tiny_run(tiny_argv(tiny_folder, out, "--target-val-accuracy", "0.05", "--no-overfit-test",
+                                          "--no-batch-independence-test", "--no-input-independent-baseline"))
+    assert isinstance(results, dict), text
+    optional = {"overfit_one_batch", "batch_independence", "input_independent_baseline"}
+    assert optional <= set(one_go["results"]["checks"]) and not optional & set(results["checks"])
+    assert history_numbers(out) == history_numbers(one_go["out"])
+    for key in ("test_accuracy", "test_loss", "best_epoch", "best_val_accuracy", "val_loss", "train_loss", "init"):
+        assert results[key] == one_go["results"][key], key
+    weights = [torch.load(folder / "final_model.pth", weights_only=True, map_location="cpu")
+               for folder in (out, one_go["out"])]
+    state = [w["model_state"] if "model_state" in w else w for w in weights]
+    assert all(torch.equal(state[0][k], state[1][k]) for k in state[1])
+
+
+def test_the_checks_do_not_change_training(imagenette_folder, isolated_cache, tmp_path, monkeypatch):
+    """Every check before training, the battery included (the input-independent baseline switched on,
+    which --quick leaves off): afterwards every generator, the model's weights and buffers, and the
+    optimizer's and scheduler's state are as they were. Control inside: without rng_untouched the
+    loader's generator moves."""
+    forget_normalize()
+    with VersionContext(V6A) as train:
+        cfg, data = load_quick_data(train, imagenette_folder, tmp_path, "--input-independent-baseline",
+                                    "--baseline-steps", "4", "--overfit-steps", "4")
+        model = train.DeeperCNN(dropout=cfg.dropout)
+        optimizer, scheduler = train.make_optimizer(model, cfg, total_steps=cfg.epochs * len(data.train_loader))
+        optimizer_state, scheduler_state = repr(optimizer.state_dict()), repr(scheduler.state_dict())
+        runner = train.Run(cfg, tmp_path, torch.device("cpu"), {})
+        for plot in NO_PLOTS + ("plot_overfit_one_batch",):
+            monkeypatch.setattr(train, plot, lambda *args, **kwargs: None, raising=False)
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            checks = train.checks_before_training(runner, data, model, optimizer, scheduler)
+            assert {"step_gradient", "input_independent_baseline", "train_eval_modes"} <= set(checks)
+            assert_checks_do_not_perturb(
+                train, monkeypatch, lambda: train.checks_before_training(runner, data, model, optimizer, scheduler),
+                model, data.train_loader)
+    forget_normalize()
+    assert repr(optimizer.state_dict()) == optimizer_state and repr(scheduler.state_dict()) == scheduler_state
 
 
 def test_resume_that_forgets_the_loader_generator_is_caught(interrupted, one_go, tmp_path):

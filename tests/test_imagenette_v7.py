@@ -34,8 +34,9 @@ import yaml
 
 from conftest import REPO_ROOT
 from fmnist_helpers import VersionContext, assert_png_has_content, read_jsonl
+from fmnist_v1_v4_helpers import assert_checks_do_not_perturb
 from imagenette_helpers import imagenette_folder, isolated_cache, quick_args  # noqa: F401  (fixtures)
-from imagenette_v2_v5_helpers import TIMING_KEYS, quiet_quick_run
+from imagenette_v2_v5_helpers import TIMING_KEYS, forget_normalize, load_quick_data, quiet_quick_run
 from test_imagenette_diffs import configuration_constants, growth_problems
 
 torchvision = pytest.importorskip("torchvision")
@@ -319,6 +320,74 @@ def test_gradient_flow_fails_on_a_block_cut_out_of_forward(versions, pristine, a
     assert not check.passed, check.report()
     assert check.details["without_gradient"] == parameter_names(model, "layer3.1")
     assert check.details["weakest_block"] == "layer3.1" and check.value == 0.0
+
+
+def branch_only(self, x):
+    """A block's forward() with its skip forgotten: relu(F(x)) where relu(F(x) + shortcut) was meant."""
+    out = self.relu1(self.bn1(self.conv1(x)))
+    if hasattr(self, "bn3"):
+        return self.relu3(self.bn3(self.conv3(self.relu2(self.bn2(self.conv2(out))))))
+    return self.relu2(self.bn2(self.conv2(out)))
+
+
+def drop_skip(block: nn.Module) -> None:
+    block.__class__ = type(f"NoSkip{type(block).__name__}", (type(block),), {"forward": branch_only})
+
+
+def identity_blocks(model: nn.Module) -> list[str]:
+    return [name for name, m in model.named_modules() if hasattr(m, "downsample") and m.downsample is None]
+
+
+@pytest.mark.parametrize("arch", NUM_PARAMETERS)
+@pytest.mark.parametrize("dropped", ["one identity skip", "every identity skip"])
+def test_gradient_flow_fails_on_dropped_identity_skips(versions, pristine, arch, dropped):
+    """Issue 27: an identity skip has no parameters, and the branch of a block that forgot it still
+    gets its gradient, so the parameter test passes (the net trains as a plain CNN). Only the skips
+    test sees it: with every branch silenced, nothing reaches the stem."""
+    model = copy.deepcopy(pristine[arch])
+    names = identity_blocks(model)
+    for name in (names if dropped == "every identity skip" else ["layer3.1"]):
+        drop_skip(model.get_submodule(name))
+    check = gradient_check(versions[arch], model)
+    assert not check.passed, check.report()
+    assert check.details["without_gradient"] == [] and check.value >= check.threshold  # the old test: passed
+    assert check.details["branches_silenced"] == len(expected_blocks(arch)) - 2 - len(
+        [b for b in expected_blocks(arch) if b.endswith("downsample")])  # every block but the stem and fc
+    assert check.details["stem_gradient_through_skips"] == 0.0
+    assert "a block has dropped its skip" in check.hint and "relu(out + shortcut)" in check.hint
+
+
+@pytest.mark.parametrize("arch", NUM_PARAMETERS)
+def test_gradient_flow_reaches_the_stem_through_intact_skips(versions, pristine, arch):
+    model = copy.deepcopy(pristine[arch])
+    kept(model.get_submodule(identity_blocks(model)[0]))
+    check = gradient_check(versions[arch], model)
+    assert check.passed, check.report()
+    assert check.details["stem_gradient_through_skips"] > 0
+    assert "residual branches silenced" in check.criterion
+
+
+def test_the_checks_do_not_change_training(imagenette_folder, isolated_cache, tmp_path, monkeypatch):
+    """Issue 26, as for v6a: every check before training (the battery with the input-independent
+    baseline on, gradient_flow with its skips test) leaves every generator, the ResNet's weights and
+    BatchNorm statistics, and the optimizer's and scheduler's state as they were."""
+    forget_normalize()
+    with VersionContext(VERSIONS["v7a"]) as train:
+        cfg, data = load_quick_data(train, imagenette_folder, tmp_path, "--image-size", "32",
+                                    "--input-independent-baseline", "--baseline-steps", "4", "--overfit-steps", "4")
+        model = train.build_model(cfg)
+        optimizer, scheduler = train.make_optimizer(model, cfg, total_steps=cfg.epochs * len(data.train_loader))
+        optimizer_state, scheduler_state = repr(optimizer.state_dict()), repr(scheduler.state_dict())
+        runner = train.Run(cfg, tmp_path, torch.device("cpu"), {})
+        for name in dir(train):
+            if name.startswith("plot_"):  # drawing draws no random numbers, and takes most of the time
+                monkeypatch.setattr(train, name, lambda *args, **kwargs: None)
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            assert_checks_do_not_perturb(
+                train, monkeypatch, lambda: train.checks_before_training(runner, data, model, optimizer, scheduler),
+                model, data.train_loader)
+    forget_normalize()
+    assert repr(optimizer.state_dict()) == optimizer_state and repr(scheduler.state_dict()) == scheduler_state
 
 
 # ---------------------------------------------------------------------------

@@ -681,6 +681,13 @@ def verify_step_gradient(model, images, labels, *, make_optimizer, training_step
     batch_a, batch_b = (images[:half], labels[:half]), (images[half:], labels[half:])
     seed = 1234  # the same dropout masks in the step and in the fresh backward pass
     diverged = None
+    # Which layers that behave differently in training (BatchNorm, Dropout) run in eval mode
+    # inside the step: the fresh pass below runs them in training mode, so they alone would
+    # explain a difference, and the hint must then name them rather than the loss.
+    in_eval_mode = []
+    mode_hooks = [module.register_forward_pre_hook(
+        lambda layer, _, name=name: None if layer.training or name in in_eval_mode else in_eval_mode.append(name))
+        for name, module in probe.named_modules() if isinstance(module, MODE_DEPENDENT_LAYERS)]
     try:
         training_step(probe, *batch_a, optimizer, scheduler)
         weights = copy.deepcopy(probe.state_dict())
@@ -689,6 +696,8 @@ def verify_step_gradient(model, images, labels, *, make_optimizer, training_step
     except FloatingPointError as err:  # train.TrainingDiverged
         diverged = str(err)
     handle.remove()
+    for mode_hook in mode_hooks:
+        mode_hook.remove()
     details = {"optimizer_steps": len(at_step), "training_steps": 2, "diverged": diverged}
     if diverged or len(at_step) != 2:
         problem = (f"training diverged ({diverged})" if diverged else
@@ -714,6 +723,11 @@ def verify_step_gradient(model, images, labels, *, make_optimizer, training_step
     if len(missing) == len(parameters):
         hint = ("No gradient reaches optimizer.step(): training_step must call loss.backward() after "
                 "optimizer.zero_grad() and before optimizer.step().")
+    elif in_eval_mode and difference > tolerance:
+        hint = (f"{len(in_eval_mode)} layers ran in eval mode inside training_step ({_names(in_eval_mode)}), "
+                "and in training mode in the fresh pass: that is the difference, not the loss. Something "
+                "switches them: model.eval() or a submodule's .eval() in the step, or a 'freeze BatchNorm' "
+                "snippet after model.train(); train_eval_modes names them too.")
     elif accumulated <= tolerance:
         hint = ("Gradients accumulate over steps: the previous batch's gradient is still in .grad. "
                 "Call optimizer.zero_grad() once per training_step, before loss.backward().")
@@ -722,7 +736,8 @@ def verify_step_gradient(model, images, labels, *, make_optimizer, training_step
                 "computes its loss on something else (softmax on the logits, changed or misaligned labels, "
                 "a rescaled loss) or changes the gradients before optimizer.step().")
     details.update(relative_difference=difference, relative_difference_if_accumulated=accumulated,
-                   parameters_without_gradient=missing, fresh_gradient_norm=g_fresh.norm().item(),
+                   parameters_without_gradient=missing, layers_in_eval_mode=in_eval_mode,
+                   fresh_gradient_norm=g_fresh.norm().item(),
                    step_gradient_norm=g_step.norm().item())
     return CheckResult(
         name="step_gradient",

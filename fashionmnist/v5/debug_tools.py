@@ -369,10 +369,15 @@ def activation_statistics(model, images: torch.Tensor, name: str = "activations"
     when its ReLU outputs 0 for every image and every position. A dead unit passes no
     gradient back, so it usually stays dead: a layer where most units are dead has
     lost most of its width. Typical causes: a learning rate that threw the weights
-    far (after training), a large negative bias or BatchNorm shift, inputs that were
-    never normalised (at init). With BatchNorm before every ReLU about half of each
-    unit's outputs are positive and hardly a unit is dead, so `max_dead_fraction`
-    (more than half of one layer) only catches the real thing. A std that shrinks or
+    far (after training), a large negative bias or BatchNorm shift. With BatchNorm before
+    every ReLU about half of each unit's outputs are positive and hardly a unit is dead,
+    so `max_dead_fraction` (more than half of one layer) only catches the real thing.
+    What it can see at init is narrow: BatchNorm in training mode re-centres every
+    channel on the batch, so only a channel it makes constant is dead there, as when
+    every BatchNorm scale starts at 0 (zero_init meant for the last BatchNorm of each
+    residual branch applied to all of them) or a shift starts far below 0. Inputs that
+    were never normalised do not show here: first_batch and normalised_batch see them,
+    and after training this check sees what the learning rate did. A std that shrinks or
     grows layer by layer is the other thing to look for (vanishing/exploding
     activations); it is reported and drawn, not judged.
 
@@ -422,10 +427,18 @@ def activation_statistics(model, images: torch.Tensor, name: str = "activations"
 
 
 def _mode_recorder(model, calls: list):
-    """Forward hooks that note, for every BatchNorm and Dropout call, whether it ran in training mode."""
+    """Forward hooks that note, for every BatchNorm and Dropout call, the layer's name and whether
+    it ran in training mode: (name, training)."""
     kinds = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
-    return [module.register_forward_hook(lambda module, inputs, output: calls.append(module.training))
-            for module in model.modules() if isinstance(module, kinds)]
+    return [module.register_forward_hook(
+        lambda module, inputs, output, name=name: calls.append((name, module.training)))
+        for name, module in model.named_modules() if isinstance(module, kinds)]
+
+
+def _layer_names(calls: list, most: int = 4) -> str:
+    """The distinct layer names of `calls` ((name, training) pairs), the first `most` of them."""
+    names = list(dict.fromkeys(name for name, _ in calls))
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
 def verify_train_eval_modes(model, images: torch.Tensor, labels: torch.Tensor, evaluate, device,
@@ -475,17 +488,19 @@ def verify_train_eval_modes(model, images: torch.Tensor, labels: torch.Tensor, e
 
     evaluated = copy.deepcopy(model).train()  # as it is after a training epoch
     running = {k: v.clone() for k, v in evaluated.state_dict().items() if "running" in k}
-    calls: list[bool] = []
+    calls: list[tuple[str, bool]] = []
     handles = _mode_recorder(evaluated, calls)
     try:
         evaluate(evaluated, [(images, labels)], device)
     finally:
         for handle in handles:
             handle.remove()
-    measured["evaluate_calls_in_train_mode"] = sum(calls)
-    if sum(calls):
-        problems.append(f"evaluate() ran {sum(calls)} of {len(calls)} BatchNorm/Dropout calls in train mode: "
-                        "it must call model.eval()")
+    in_train = [call for call in calls if call[1]]
+    measured["evaluate_calls_in_train_mode"] = len(in_train)
+    if in_train:
+        problems.append(f"evaluate() ran {len(in_train)} of {len(calls)} BatchNorm/Dropout calls in train mode "
+                        f"({_layer_names(in_train)}): it must call model.eval() before its loop, and nothing "
+                        "in it may switch a layer back with .train()")
     state = evaluated.state_dict()
     if any(not torch.equal(state[k], v) for k, v in running.items()):
         problems.append("evaluate() changed BatchNorm's running statistics")
@@ -498,10 +513,18 @@ def verify_train_eval_modes(model, images: torch.Tensor, labels: torch.Tensor, e
     finally:
         for handle in handles:
             handle.remove()
-    measured["training_calls_in_eval_mode"] = len(calls) - sum(calls)
-    if len(calls) - sum(calls):
-        problems.append(f"train_one_epoch() ran {len(calls) - sum(calls)} of {len(calls)} BatchNorm/Dropout "
-                        "calls in eval mode: it must call model.train()")
+    in_eval = [call for call in calls if not call[1]]
+    measured["training_calls_in_eval_mode"] = len(in_eval)
+    if in_eval:
+        # All of them in eval mode: model.train() is missing. Only some: it was called (the others
+        # train), and something switched these back, such as a "freeze BatchNorm" snippet
+        # (m.eval() for every BatchNorm) or a submodule's .eval() after model.train().
+        cause = ("is model.train() called before its loop?" if len(in_eval) == len(calls) else
+                 "model.train() was called (the other layers ran in train mode), but these were switched "
+                 "back: look for .eval() on them or on a submodule after model.train(), such as a "
+                 "'freeze BatchNorm' snippet")
+        problems.append(f"train_one_epoch() ran {len(in_eval)} of {len(calls)} BatchNorm/Dropout calls in eval "
+                        f"mode ({_layer_names(in_eval)}): {cause}")
     return CheckResult(
         name="train_eval_modes",
         passed=not problems,

@@ -164,6 +164,11 @@ def class_balance(split_labels: dict[str, torch.Tensor], reference_counts: list[
     net learns and what validation rewards. `value` is the largest deviation of a
     class's share, in percentage points, over the checked splits; the test set
     (the official val/ folder) is reported next to them but not held to it.
+
+    A report on the class mix and a guard against unstratified subsets only: it reads
+    label counts, so images shuffled apart from their labels leave every count as it
+    was. Misaligned labels are for the input-independent baseline and the overfit test
+    (imagenette/v6 on) to catch.
     """
     start = time.perf_counter()
     reference = torch.tensor(reference_counts, dtype=torch.float64)

@@ -493,7 +493,7 @@ def checks_before_training(run: Run, data: Data) -> dict:
         images, labels = next(iter(data.train_loader))
         checks["first_batch"] = inspect_batch(images, labels, NUM_CLASSES,
                                               value_range=data.train_loader.transform.output_range(),
-                                              image_shape=(3, cfg.image_size, cfg.image_size))
+                                              image_shape=(3, cfg.image_size, cfg.image_size), normalised=True)
         plot_batch(images, labels, data.classes, run.out / "first_batch.png")
         checks["normalised_batch"] = verify_normalised_batch(data.train_loader, cfg.normalised_tolerance)
         checks["normalisation_from_train"] = verify_normalisation_stats(

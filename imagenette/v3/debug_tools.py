@@ -97,8 +97,17 @@ def rng_untouched(device, *generators: torch.Generator):
         np.random.set_state(numpy_state)
 
 
+# One normalised training batch has channel means near 0 and stds near 1: over the first 41
+# batches of 64 real images (v4, 160 px, cropped and flipped) |mean| <= 0.18, std 0.88-1.06. The
+# 512-image normalised_batch check holds them to 0.15; far looser here, because this catches
+# statistics of the wrong scale or split (std 0.004, or 0.28 with none), not noise.
+NORMALISED_BATCH_MAX_ABS_MEAN = 0.5
+NORMALISED_BATCH_STD_RANGE = (0.5, 2.0)
+
+
 def inspect_batch(images: torch.Tensor, labels: torch.Tensor, num_classes: int,
-                  value_range: tuple[float, float] = (0.0, 1.0), image_shape: tuple = (3, 160, 160)) -> CheckResult:
+                  value_range: tuple[float, float] = (0.0, 1.0), image_shape: tuple = (3, 160, 160),
+                  normalised: bool = False) -> CheckResult:
     """Look at one batch exactly as the model will get it, before training on it.
 
     Most first bugs are visible here and nowhere else as clearly: pixels still uint8
@@ -109,6 +118,13 @@ def inspect_batch(images: torch.Tensor, labels: torch.Tensor, num_classes: int,
     shuffled). `value` is the number of problems found; the numbers are in `details`,
     including the mean of each channel (a channel far from the others' mean hints
     at BGR vs RGB or a channel that was zeroed).
+
+    With `normalised`, the batch is also judged against what any correctly normalised
+    batch looks like, whatever statistics the loader uses: every channel's mean within
+    NORMALISED_BATCH_MAX_ABS_MEAN of 0 and its std in NORMALISED_BATCH_STD_RANGE. The
+    `value_range` alone cannot see wrong statistics, because it is derived from them:
+    statistics computed on uint8 pixels (mean ~110, std ~70) and applied to [0, 1] floats
+    squeeze every pixel into [-1.66, -1.43] with std 0.004, inside the range they imply.
     """
     start = time.perf_counter()
     problems = []
@@ -125,6 +141,16 @@ def inspect_batch(images: torch.Tensor, labels: torch.Tensor, num_classes: int,
                         f"outside [{value_range[0]:.3g}, {value_range[1]:.3g}]")
     elif pixels.std().item() < 0.01 * (value_range[1] - value_range[0]):
         problems.append(f"the batch is (nearly) constant: std {pixels.std().item():.3g}")
+    channel_means = pixels.mean(dim=(0, 2, 3)).tolist() if pixels.dim() == 4 else []
+    channel_stds = pixels.std(dim=(0, 2, 3)).tolist() if pixels.dim() == 4 else []
+    if normalised and channel_means and torch.isfinite(pixels).all():
+        low_std, high_std = NORMALISED_BATCH_STD_RANGE
+        if max(abs(m) for m in channel_means) > NORMALISED_BATCH_MAX_ABS_MEAN or not all(
+                low_std <= s <= high_std for s in channel_stds):
+            problems.append("not normalised: channel means " + ", ".join(f"{m:.3g}" for m in channel_means)
+                            + "; stds " + ", ".join(f"{s:.3g}" for s in channel_stds) + " (a normalised batch: "
+                            f"|mean| <= {NORMALISED_BATCH_MAX_ABS_MEAN:g}, std in [{low_std:g}, {high_std:g}]): "
+                            "are the statistics those of [0, 1] pixels, of the training split?")
     if labels.dtype != torch.int64:
         problems.append(f"labels are {labels.dtype}, not torch.int64 (what cross-entropy expects)")
     if len(labels) != len(images):
@@ -136,7 +162,6 @@ def inspect_batch(images: torch.Tensor, labels: torch.Tensor, num_classes: int,
     if len(labels) >= 4 * num_classes and distinct < num_classes // 2:
         problems.append(f"the batch holds only {distinct} of {num_classes} classes: "
                         "is the data sorted and not shuffled?")
-    channel_means = pixels.mean(dim=(0, 2, 3)).tolist() if pixels.dim() == 4 else []
     return CheckResult(
         name="first_batch",
         passed=not problems,
@@ -148,6 +173,7 @@ def inspect_batch(images: torch.Tensor, labels: torch.Tensor, num_classes: int,
               if problems else "Look at first_batch.png as well: does every image match its label?"),
         details={"shape": list(images.shape), "dtype": str(images.dtype), "min": low, "max": high,
                  "mean": pixels.mean().item(), "std": pixels.std().item(), "channel_means": channel_means,
+                 "channel_stds": channel_stds,
                  "label_min": label_low, "label_max": label_high, "distinct_labels": distinct,
                  "problems": problems},
         seconds=time.perf_counter() - start,
@@ -166,6 +192,11 @@ def class_balance(split_labels: dict[str, torch.Tensor], reference_counts: list[
     net learns and what validation rewards. `value` is the largest deviation of a
     class's share, in percentage points, over the checked splits; the test set
     (the official val/ folder) is reported next to them but not held to it.
+
+    A report on the class mix and a guard against unstratified subsets only: it reads
+    label counts, so images shuffled apart from their labels leave every count as it
+    was. Misaligned labels are for the input-independent baseline and the overfit test
+    (imagenette/v6 on) to catch.
     """
     start = time.perf_counter()
     reference = torch.tensor(reference_counts, dtype=torch.float64)
@@ -351,10 +382,15 @@ def activation_statistics(model, images: torch.Tensor, name: str = "activations"
     when its ReLU outputs 0 for every image and every position. A dead unit passes no
     gradient back, so it usually stays dead: a layer where most units are dead has
     lost most of its width. Typical causes: a learning rate that threw the weights
-    far (after training), a large negative bias or BatchNorm shift, inputs that were
-    never normalised (at init). With BatchNorm before every ReLU about half of each
-    unit's outputs are positive and hardly a unit is dead, so `max_dead_fraction`
-    (more than half of one layer) only catches the real thing. A std that shrinks or
+    far (after training), a large negative bias or BatchNorm shift. With BatchNorm before
+    every ReLU about half of each unit's outputs are positive and hardly a unit is dead,
+    so `max_dead_fraction` (more than half of one layer) only catches the real thing.
+    What it can see at init is narrow: BatchNorm in training mode re-centres every
+    channel on the batch, so only a channel it makes constant is dead there, as when
+    every BatchNorm scale starts at 0 (zero_init meant for the last BatchNorm of each
+    residual branch applied to all of them) or a shift starts far below 0. Inputs that
+    were never normalised do not show here: first_batch and normalised_batch see them,
+    and after training this check sees what the learning rate did. A std that shrinks or
     grows layer by layer is the other thing to look for (vanishing/exploding
     activations); it is reported and drawn, not judged.
 

@@ -644,7 +644,7 @@ def checks_before_training(run: Run, data: Data, model, optimizer, scheduler) ->
         images, labels = next(iter(data.train_loader))
         checks["first_batch"] = inspect_batch(images, labels, NUM_CLASSES,
                                               value_range=data.train_loader.transform.output_range(),
-                                              image_shape=(3, cfg.image_size, cfg.image_size))
+                                              image_shape=(3, cfg.image_size, cfg.image_size), normalised=True)
         plot_batch(images, labels, data.classes, run.out / "first_batch.png")
         checks["activations_at_init"] = activation_statistics(model, images, "activations_at_init",
                                                               cfg.max_dead_fraction, reported_only=("se.gate",))
