@@ -164,8 +164,12 @@ def copy_v7_with_edit(tmp_path, file: str | None = None, old: str | None = None,
     return root / "v7a"
 
 
+V7_SIZE = ("--image-size", "32")  # ResNet18 at 32 px: the same checks, a quarter of the CPU time of 64 px
+
+
 def test_v7_unedited_copy_passes(tmp_path, imagenette_folder, monkeypatch):
-    results, stdout = preflight(copy_v7_with_edit(tmp_path), imagenette_folder, monkeypatch, tmp_path / "cache")
+    results, stdout = preflight(copy_v7_with_edit(tmp_path), imagenette_folder, monkeypatch, tmp_path / "cache",
+                                *V7_SIZE)
     assert results["exit_code"] == 0 and results["all_checks_passed"], stdout[-3000:]
 
 
@@ -173,7 +177,7 @@ def test_v7_unedited_copy_passes(tmp_path, imagenette_folder, monkeypatch):
 def test_v7_preflight_fails_on_the_edit(mutation, tmp_path, imagenette_folder, monkeypatch):
     file, old, new, check, hint_words = V7_MUTATIONS[mutation]
     results, stdout = preflight(copy_v7_with_edit(tmp_path, file, old, new), imagenette_folder, monkeypatch,
-                                tmp_path / "cache")
+                                tmp_path / "cache", *V7_SIZE)
     failed = {name: c for name, c in results["checks"].items() if not c["passed"]}
     assert results["exit_code"] == 1 and results["status"] == "preflight", stdout[-3000:]
     assert check in failed, f"{mutation}: {check} passed; failed were {sorted(failed)}"
@@ -185,11 +189,13 @@ def test_v7_input_independent_baseline_passes_unedited_and_fails_on_images_shuff
     """Off under --quick by default (real images at 64 px learn nothing in seconds); the generated
     data here is learnable within the quick budget, so the check is asked for and must discriminate."""
     clean, stdout = preflight(copy_v7_with_edit(tmp_path / "clean"), imagenette_folder, monkeypatch,
-                              tmp_path / "cache_clean", "--input-independent-baseline")
+                              tmp_path / "cache_clean", "--input-independent-baseline", *V7_SIZE,
+                              "--baseline-steps", "30")
     assert clean["checks"]["input_independent_baseline"]["passed"], stdout[-3000:]
     assert clean["exit_code"] == 0
     shuffled, stdout = preflight(copy_v7_with_edit(tmp_path / "shuffled", *SHUFFLED), imagenette_folder,
-                                 monkeypatch, tmp_path / "cache_shuffled", "--input-independent-baseline")
+                                 monkeypatch, tmp_path / "cache_shuffled", "--input-independent-baseline", *V7_SIZE,
+                                 "--baseline-steps", "30")
     failed = [name for name, c in shuffled["checks"].items() if not c["passed"]]
     assert failed == ["input_independent_baseline"], stdout[-3000:]
     assert "keeps every image with its label" in shuffled["checks"]["input_independent_baseline"]["hint"]
@@ -198,7 +204,7 @@ def test_v7_input_independent_baseline_passes_unedited_and_fails_on_images_shuff
 @pytest.mark.parametrize("practice", list(LEGITIMATE))
 def test_v7_legitimate_practice_passes(practice, tmp_path, imagenette_folder, monkeypatch):
     results, stdout = preflight(copy_v7_with_edit(tmp_path, *LEGITIMATE[practice]), imagenette_folder, monkeypatch,
-                                tmp_path / "cache")
+                                tmp_path / "cache", *V7_SIZE)
     assert results["exit_code"] == 0 and results["all_checks_passed"], stdout[-3000:]
     if practice.startswith("zero-initialised"):
         flow = results["checks"]["gradient_flow"]["details"]

@@ -282,8 +282,11 @@ def test_deeper_cnn_final_layer_init(v6a):
 # ---------------------------------------------------------------------------
 # Short runs: epoch_to_target, --resume, W&B with a stand-in module
 # ---------------------------------------------------------------------------
+# The battery's optional checks (hundreds of steps on copies) off: these runs are about resuming.
+# test_the_battery_does_not_change_training switches them on and compares.
+OPTIONAL_CHECKS_OFF = ["--no-overfit-test", "--no-batch-independence-test", "--no-input-independent-baseline"]
 TINY_ARGS = ["--device", "cpu", "--image-size", "32", "--epochs", "4", "--train-fraction", "1.0", "--batch-size",
-             "32"]
+             "32", *OPTIONAL_CHECKS_OFF]
 NO_PLOTS = ("plot_batch", "plot_class_balance", "plot_gradient_flow", "plot_lr_schedule", "plot_augmented_batch",
             "plot_activation_statistics", "plot_training_curves", "plot_gradient_norms")
 
@@ -410,15 +413,16 @@ def test_resume_gives_the_numbers_of_a_run_in_one_go(one_go, resumed):
 
 def test_the_battery_does_not_change_training(one_go, tiny_folder, tmp_path):
     """Issue 26: checks observe, they do not perturb. The same run with the battery's optional checks
-    off (overfit one batch, batch independence, the input-independent baseline: hundreds of steps of
-    the run's own training_step on copies) trains the same model to the last bit. The checks that
-    always run are held to the same by test_the_checks_do_not_change_training."""
+    on (overfit one batch, batch independence, the input-independent baseline: dozens of steps of
+    the run's own training_step on copies; one_go has them off) trains the same model to the last
+    bit. The checks that always run are held to the same by test_the_checks_do_not_change_training."""
     out = tmp_path / "out"
-    results, text, _ = tiny_run(tiny_argv(tiny_folder, out, "--target-val-accuracy", "0.05", "--no-overfit-test",
-                                          "--no-batch-independence-test", "--no-input-independent-baseline"))
+    results, text, _ = tiny_run(tiny_argv(tiny_folder, out, "--target-val-accuracy", "0.05", "--overfit-test",
+                                          "--batch-independence-test", "--input-independent-baseline",
+                                          "--baseline-steps", "20", "--overfit-steps", "20"))
     assert isinstance(results, dict), text
     optional = {"overfit_one_batch", "batch_independence", "input_independent_baseline"}
-    assert optional <= set(one_go["results"]["checks"]) and not optional & set(results["checks"])
+    assert optional <= set(results["checks"]) and not optional & set(one_go["results"]["checks"])
     assert history_numbers(out) == history_numbers(one_go["out"])
     for key in ("test_accuracy", "test_loss", "best_epoch", "best_val_accuracy", "val_loss", "train_loss", "init"):
         assert results[key] == one_go["results"][key], key

@@ -148,6 +148,10 @@ def test_existing_dir_refuses_a_missing_folder(tmp_path):
 def _data_args(version: str, fmnist_dir: Path, imagenette_dir: Path) -> list[str]:
     data = imagenette_dir if version.startswith("imagenette") else fmnist_dir
     extra = FAST if version in (V10, "fashionmnist/v11-step3", "exercises/find-the-bugs") else []
+    if version.startswith(("imagenette/v6", "imagenette/v7")):  # the battery's optional checks cost seconds
+        extra = ["--no-overfit-test", "--no-batch-independence-test"]
+    if version.startswith("imagenette/v7"):  # ResNet50 at 64 px costs a CPU half a minute; the folders do not care
+        extra += ["--image-size", "32"]
     return ["--quick", "--preflight", "--device", "cpu", "--data-dir", str(data), *extra]
 
 
