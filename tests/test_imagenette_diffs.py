@@ -26,6 +26,8 @@ CODE_FILES = ["train.py", "debug_tools.py", "metrics.py", "visualization.py"]
 # "imports" are import statements it adds, "functions" the existing top-level definitions it changes,
 # "constants" module-level names it may append (tuples of layer types a check needs).
 INTENDED_EDITS = {
+    # issue 27: first_batch judges a normalised batch by its own mean and std
+    ("imagenette/v2", "debug_tools.py"): {"functions": {"inspect_batch"}},
     ("imagenette/v3", "debug_tools.py"): {"imports": {"import copy", "import torch.nn as nn"}},  # activation_statistics
     ("imagenette/v4", "debug_tools.py"): {"imports": {"import math", "import warnings"}},  # lr_schedule, loss_at_init
     # the floor for MixUp's soft targets; squeeze-excitation gates (one position per channel) reported, not judged

@@ -104,17 +104,10 @@ def rng_untouched(device, *generators: torch.Generator):
         np.random.set_state(numpy_state)
 
 
-# One normalised training batch has channel means near 0 and stds near 1: over the first 41
-# batches of 64 real images (v4, 160 px, cropped and flipped) |mean| <= 0.18, std 0.88-1.06. The
-# 512-image normalised_batch check holds them to 0.15; far looser here, because this catches
-# statistics of the wrong scale or split (std 0.004, or 0.28 with none), not noise.
-NORMALISED_BATCH_MAX_ABS_MEAN = 0.5
-NORMALISED_BATCH_STD_RANGE = (0.5, 2.0)
-
-
 def inspect_batch(images: torch.Tensor, labels: torch.Tensor, num_classes: int,
                   value_range: tuple[float, float] = (0.0, 1.0), image_shape: tuple = (3, 160, 160),
-                  normalised: bool = False) -> CheckResult:
+                  normalised: bool = False, max_abs_mean: float = 0.5,
+                  std_range: tuple[float, float] = (0.5, 2.0)) -> CheckResult:
     """Look at one batch exactly as the model will get it, before training on it.
 
     Most first bugs are visible here and nowhere else as clearly: pixels still uint8
@@ -128,7 +121,11 @@ def inspect_batch(images: torch.Tensor, labels: torch.Tensor, num_classes: int,
 
     With `normalised`, the batch is also judged against what any correctly normalised
     batch looks like, whatever statistics the loader uses: every channel's mean within
-    NORMALISED_BATCH_MAX_ABS_MEAN of 0 and its std in NORMALISED_BATCH_STD_RANGE. The
+    `max_abs_mean` of 0 and its std in `std_range`. One normalised training batch has
+    channel means near 0 and stds near 1: over the first 41 batches of 64 real images (v4,
+    160 px, cropped and flipped) |mean| <= 0.18, std 0.88-1.06; the 512-image
+    normalised_batch check holds them to 0.15. The bounds here are far looser: they catch
+    statistics of the wrong scale or split (std 0.004, or 0.28 with none), not noise. The
     `value_range` alone cannot see wrong statistics, because it is derived from them:
     statistics computed on uint8 pixels (mean ~110, std ~70) and applied to [0, 1] floats
     squeeze every pixel into [-1.66, -1.43] with std 0.004, inside the range they imply.
@@ -151,12 +148,12 @@ def inspect_batch(images: torch.Tensor, labels: torch.Tensor, num_classes: int,
     channel_means = pixels.mean(dim=(0, 2, 3)).tolist() if pixels.dim() == 4 else []
     channel_stds = pixels.std(dim=(0, 2, 3)).tolist() if pixels.dim() == 4 else []
     if normalised and channel_means and torch.isfinite(pixels).all():
-        low_std, high_std = NORMALISED_BATCH_STD_RANGE
-        if max(abs(m) for m in channel_means) > NORMALISED_BATCH_MAX_ABS_MEAN or not all(
+        low_std, high_std = std_range
+        if max(abs(m) for m in channel_means) > max_abs_mean or not all(
                 low_std <= s <= high_std for s in channel_stds):
             problems.append("not normalised: channel means " + ", ".join(f"{m:.3g}" for m in channel_means)
                             + "; stds " + ", ".join(f"{s:.3g}" for s in channel_stds) + " (a normalised batch: "
-                            f"|mean| <= {NORMALISED_BATCH_MAX_ABS_MEAN:g}, std in [{low_std:g}, {high_std:g}]): "
+                            f"|mean| <= {max_abs_mean:g}, std in [{low_std:g}, {high_std:g}]): "
                             "are the statistics those of [0, 1] pixels, of the training split?")
     if labels.dtype != torch.int64:
         problems.append(f"labels are {labels.dtype}, not torch.int64 (what cross-entropy expects)")
