@@ -16,7 +16,7 @@ deterministic on the CPU: the same seed, thread count and machine give the same
 numbers bit for bit (another CPU may pick other kernels and round differently;
 the output's `CPU:` line names what its numbers hold for).
 
-    python docs/examples/silent_bug.py                        # seed 0, under a minute on one CPU thread
+    python docs/examples/silent_bug.py                        # seed 0 (five seeds: 3 min 42 s on 2 CPU cores)
     python docs/examples/silent_bug.py --seeds 0 1 2 3 4      # mean and spread over five seeds
     python docs/examples/silent_bug.py --steps 100 --train-size 2000
 """
