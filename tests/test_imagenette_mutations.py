@@ -209,3 +209,57 @@ def test_v7_legitimate_practice_passes(practice, tmp_path, imagenette_folder, mo
     if practice.startswith("zero-initialised"):
         flow = results["checks"]["gradient_flow"]["details"]
         assert len(flow["zero_initialised_scales"]) == 8 and flow["waiting_behind_zero_scales"]
+
+
+# ---------------------------------------------------------------------------
+# imagenette/v6/v6a (issue 26): the battery on DeeperCNN, the run's own step with label smoothing
+# and MixUp; the same bug classes as v7a above, planted in a copy of v6a's train.py.
+# ---------------------------------------------------------------------------
+# name: (text, replacement, check that must fail, words of its hint)
+V6A_MUTATIONS = {
+    "model left in eval() by the training epoch": (
+        "    model.train()\n    total_loss, correct, seen = 0.0, 0, 0\n",
+        "    model.eval()\n    total_loss, correct, seen = 0.0, 0, 0\n",
+        "train_eval_modes", "must call model.train()"),
+    "BatchNorm frozen inside the training loop": (
+        "        batch = mix_batch(images, labels, mixup_alpha)\n",
+        "        model.apply(lambda m: m.eval() if isinstance(m, nn.BatchNorm2d) else None)  # freeze BN\n"
+        "        batch = mix_batch(images, labels, mixup_alpha)\n",
+        "train_eval_modes", "'freeze BatchNorm'"),
+    "loss on detached logits, requires_grad_() after": (
+        "    loss = loss_fn(logits, labels, label_smoothing)\n",
+        "    loss = loss_fn(logits.detach(), labels, label_smoothing).requires_grad_()\n",
+        "step_gradient", "No gradient reaches optimizer.step()"),
+}
+
+
+def copy_v6a_with_edit(tmp_path, old: str | None = None, new: str | None = None):
+    folder = tmp_path / "imagenette" / "v6" / "v6a"
+    shutil.copytree(REPO_ROOT / "imagenette" / "v6" / "v6a", folder,
+                    ignore=shutil.ignore_patterns("outputs", "__pycache__"))
+    (tmp_path / "shared").symlink_to(REPO_ROOT / "shared")
+    if old is not None:
+        source = (folder / "train.py").read_text()
+        assert source.count(old) == 1, f"the edit does not apply: {old!r} occurs {source.count(old)} times"
+        (folder / "train.py").write_text(source.replace(old, new))
+    return folder
+
+
+V6A_FAST = ("--image-size", "32")  # the same checks at a quarter of the CPU time of 64 px
+
+
+def test_v6a_unedited_copy_passes(tmp_path, imagenette_folder, monkeypatch):
+    results, stdout = preflight(copy_v6a_with_edit(tmp_path), imagenette_folder, monkeypatch, tmp_path / "cache",
+                                *V6A_FAST)
+    assert results["exit_code"] == 0 and results["all_checks_passed"], stdout[-3000:]
+
+
+@pytest.mark.parametrize("mutation", list(V6A_MUTATIONS))
+def test_v6a_preflight_fails_on_the_edit(mutation, tmp_path, imagenette_folder, monkeypatch):
+    old, new, check, hint_words = V6A_MUTATIONS[mutation]
+    results, stdout = preflight(copy_v6a_with_edit(tmp_path, old, new), imagenette_folder, monkeypatch,
+                                tmp_path / "cache", *V6A_FAST)
+    failed = {name: c for name, c in results["checks"].items() if not c["passed"]}
+    assert results["exit_code"] == 1 and results["status"] == "preflight", stdout[-3000:]
+    assert check in failed, f"{mutation}: {check} passed; failed were {sorted(failed)}"
+    assert hint_words in failed[check]["hint"], failed[check]["hint"]
