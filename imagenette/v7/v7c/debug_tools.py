@@ -1015,9 +1015,15 @@ def verify_step_gradient(model, images, labels, *, make_optimizer, training_step
     # inside the step: the fresh pass below runs them in training mode, so they alone would
     # explain a difference, and the hint must then name them rather than the loss.
     in_eval_mode = []
-    mode_hooks = [module.register_forward_pre_hook(
-        lambda layer, _, name=name: None if layer.training or name in in_eval_mode else in_eval_mode.append(name))
-        for name, module in probe.named_modules() if isinstance(module, MODE_DEPENDENT_LAYERS)]
+
+    def note_eval_mode(name):
+        def hook(layer, inputs):
+            if not layer.training and name not in in_eval_mode:
+                in_eval_mode.append(name)
+        return hook
+
+    mode_hooks = [module.register_forward_pre_hook(note_eval_mode(name)) for name, module in probe.named_modules()
+                  if isinstance(module, MODE_DEPENDENT_LAYERS)]
     try:
         training_step(probe, *batch_a, optimizer, scheduler)
         weights = copy.deepcopy(probe.state_dict())
