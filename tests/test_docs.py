@@ -723,3 +723,21 @@ def test_find_the_bugs_check_values_are_the_records():
     baseline = solution["checks"]["input_independent_baseline"]["seconds"]
     assert (f"most of the time: {baseline:.1f} of the checks' {solution['checks_time_s']:.1f} s in the solution's "
             f"record") in flat(EXERCISE / "README.md")
+
+
+def test_the_silent_bug_repeat_record_is_bit_for_bit():
+    """docs/debugging.md: "Run twice here (seeds 0, 1 and 2), every loss and every accuracy was the
+    same, bit for bit": the two recorded runs agree in everything but their --out and seconds."""
+    record = RUNS / "2026-12-05-docs-repeat"
+    first, second = (json.loads((record / run / "silent_bug.json").read_text()) for run in ("a", "b"))
+
+    def without_timing(value):
+        if isinstance(value, dict):
+            return {k: without_timing(v) for k, v in value.items() if k not in ("seconds", "command")}
+        return [without_timing(v) for v in value] if isinstance(value, list) else value
+
+    assert first["seeds"] == second["seeds"] == [0, 1, 2]
+    assert first["command"].replace("/a", "/b") == second["command"]
+    assert without_timing(first) == without_timing(second)
+    assert first["per_seed"][0]["runs"] != second["per_seed"][1]["runs"]  # the comparison can fail
+    assert "runs/2026-12-05-docs-repeat" in flat(DOCS / "debugging.md")
