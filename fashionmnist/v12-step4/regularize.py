@@ -52,7 +52,7 @@ OFF = ["--crop-padding", "0", "--flip-probability", "0", "--erase-probability", 
 # arm: (parent, the flags on top of train.py's defaults, what the arm adds)
 ARMS = {
     "v11": (None, OFF, "step 3's recipe: no regularisation"),
-    "+crop-flip": ("v11", OFF[:2] + ["--flip-probability", "0.5"] + OFF[4:], "random crop and horizontal flip"),
+    "+crop-flip": ("v11", OFF[4:], "random crop and horizontal flip"),
     "+erasing": ("+crop-flip", OFF[6:], "random erasing"),
     "+weight-decay": ("+erasing", OFF[8:], "AdamW weight decay"),
     "+smoothing": ("+weight-decay", [], "label smoothing (train.py's defaults)"),
