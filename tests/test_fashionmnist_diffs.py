@@ -164,3 +164,67 @@ def test_v11_copies_v6s_schedule_check_verbatim(file):
     v6, v11 = definitions(V6, file), definitions(V11, file)
     for name in V11_FROM_V6[file]:
         assert v11[name] == v6[name], f"{V11}/{file}: {name} differs from {V6}'s"
+
+
+# v12-step4 (recipe step 4, regularize) against v11-step3: augmentation on the loader's batches, AdamW's
+# weight decay, label smoothing, dropout, early stopping, --train-fraction and bf16 autocast in train.py;
+# the augmentation check, the smoothing floor, the filter statistics and the learning-curve verdict in
+# debug_tools.py (v11's capacity check is gone: its job is done); their plots. regularize.py and
+# learning_curve.py are new; complexify.py was v11's lesson and is not copied; metrics.py is v11's.
+V12 = "fashionmnist/v12-step4"
+V12_CHANGED = {"README.md", "FAZIT.md", "train.py", "debug_tools.py", "visualization.py"}
+V12_ADDED, V12_DROPPED = {"regularize.py", "learning_curve.py"}, {"complexify.py"}
+V12_NEW_DEFINITIONS = {
+    "train.py": {"random_crop", "random_flip", "random_erasing", "Augmentation", "mixed_precision",
+                 "unaugmented_images"},
+    "debug_tools.py": {"smoothing_floor", "_IndexImages", "_own_copy", "verify_augmentation", "filter_statistics",
+                       "learning_curve_verdict"},
+    "visualization.py": {"plot_augmented_batch", "plot_first_layer_filters", "plot_learning_curve"},
+}
+V12_REMOVED_DEFINITIONS = {"train.py": set(), "debug_tools.py": {"verify_capacity"}, "visualization.py": set()}
+# What the lesson changes in v11's code, each for its idea; everything else is v11's to the character.
+V12_CHANGED_DEFINITIONS = {
+    "train.py": {
+        "TensorLoader",  # the training loader's `augment`
+        "split_indices",  # --train-fraction
+        "ResNet",  # dropout before the classifier
+        "loss_fn", "training_step", "train_one_epoch",  # label smoothing, bf16 autocast, the run's step
+        "parse_args", "start_run", "load_data", "checks_before_training", "train", "analyse", "main",  # wiring
+    },
+    "debug_tools.py": {"verify_step_gradient"},  # forward_context: the step's precision
+    "visualization.py": set(),
+}
+
+
+def test_v12_changes_only_the_declared_code_files():
+    assert files_of(V12) == (files_of(V11) - V12_DROPPED) | V12_ADDED, sorted(
+        files_of(V12) ^ ((files_of(V11) - V12_DROPPED) | V12_ADDED))
+    code = {name for name in files_of(V11) - V12_DROPPED if name.endswith(".py")}
+    differing = {name for name in code
+                 if (REPO_ROOT / V12 / name).read_bytes() != (REPO_ROOT / V11 / name).read_bytes()}
+    assert differing == {name for name in V12_CHANGED if name.endswith(".py")}, sorted(differing)
+    assert (REPO_ROOT / V12 / "metrics.py").read_bytes() == (REPO_ROOT / V11 / "metrics.py").read_bytes()
+
+
+def test_v12_rewrites_its_lesson_texts():
+    """README.md and FAZIT.md are v12's own: a FAZIT copied from v11 reports v11's numbers."""
+    same = [name for name in sorted(V12_CHANGED) if name.endswith(".md")
+            and (REPO_ROOT / V12 / name).read_bytes() == (REPO_ROOT / V11 / name).read_bytes()]
+    assert same == [], f"{V12}: {same} still v11's, byte for byte"
+
+
+@pytest.mark.parametrize("file", sorted(V12_NEW_DEFINITIONS))
+def test_v12_keeps_v11s_code_and_adds_its_idea(file):
+    previous, current = definitions(V11, file), definitions(V12, file)
+    assert set(current) == (set(previous) - V12_REMOVED_DEFINITIONS[file]) | V12_NEW_DEFINITIONS[file]
+    changed = {name for name in set(previous) & set(current) if previous[name] != current[name]}
+    assert changed == V12_CHANGED_DEFINITIONS[file], f"{file}: {sorted(changed)} changed"
+
+
+def test_v12_copies_v6s_batch_augmentation():
+    """random_flip is v6's verbatim; random_crop is v6's but for the final .contiguous(): v12's loader
+    makes every batch channels_last after the augmentation, so the copy v6 made is dropped."""
+    v6, v12 = definitions(V6, "train.py"), definitions(V12, "train.py")
+    assert v12["random_flip"] == v6["random_flip"]
+    assert v12["random_crop"] != v6["random_crop"]
+    assert v12["random_crop"] == v6["random_crop"].replace(".permute(0, 3, 1, 2).contiguous()", ".permute(0, 3, 1, 2)")

@@ -269,3 +269,69 @@ def test_v11_zero_initialised_scales_do_not_excuse_a_detached_branch(tmp_path, f
     failed = {name for name, c in results["checks"].items() if not c["passed"]}
     assert failed == {"gradient_flow"}, stdout[-3000:]
     assert any(name.endswith("conv1.weight") for name in results["checks"]["gradient_flow"]["details"]["without_gradient"])
+
+
+# ---------------------------------------------------------------------------
+# fashionmnist/v12-step4: step 4's regularisers reach the checks through the code a learner edits
+# ---------------------------------------------------------------------------
+V12 = "fashionmnist/v12-step4"
+V12_PREFLIGHT_CHECKS = ["input_before_net", "augmentation", "loss_at_init", "optimizer_config", "lr_schedule",
+                        "gradient_flow", "step_gradient", "train_eval_modes"]
+# name: (text in train.py, replacement, check that must fail, words of its hint, all failures)
+V12_MUTATIONS = {
+    # seed 004's bug (cifar100): the training transform shared with validation
+    "validation loader built with the training augmentation": (
+        "TensorLoader(val_set, 1024)", "TensorLoader(val_set, 1024, augment=augmentation)",
+        "augmentation", "Only the training loader gets the augmentation", {"augmentation"}),
+    # the step trains on plain cross-entropy while the run is configured with smoothing: the check's
+    # loss is the run's smoothed one, so the step's gradient is ~10% off (overfitting 8 images would
+    # not notice: both losses memorise them)
+    "label smoothing dropped from training_step": (
+        "loss = loss_fn(logits, labels, label_smoothing)", "loss = loss_fn(logits, labels)",
+        "step_gradient", "computes its loss on something else", {"step_gradient"}),
+}
+
+
+def v12_preflight(folder, data_dir, monkeypatch):
+    """--quick --preflight with the checks that train a ResNet for long off (v10's and v11's, tested
+    there). The plots are switched off: they are side outputs no verdict reads, and drawing them
+    (data samples, class means, ...) costs more than the checks on two CPU cores."""
+    train = load_version(folder)
+    import debug_tools
+
+    for module in (train, debug_tools):
+        for name in [n for n in vars(module) if n.startswith("plot_")]:
+            monkeypatch.setattr(module, name, lambda *args, **kwargs: None)
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        results = train.main(["--preflight", *quick_args(folder / "outputs", data_dir), "--no-human-baseline",
+                              "--no-input-independent-baseline", "--no-overfit-test", "--no-batch-independence-test"])
+    return results, stdout.getvalue()
+
+
+def test_v12_unedited_copy_passes(tmp_path, fmnist_data, monkeypatch):
+    results, stdout = v12_preflight(copy_version_with_edit(tmp_path, V12), fmnist_data[0], monkeypatch)
+    assert results["exit_code"] == 0 and results["all_checks_passed"], stdout[-3000:]
+    assert results["version"] == V12 and list(results["checks"]) == V12_PREFLIGHT_CHECKS
+    assert results["config"]["label_smoothing"] > 0 and results["checks"]["augmentation"]["value"] > 0.9
+    assert f"{len(V12_PREFLIGHT_CHECKS)}/{len(V12_PREFLIGHT_CHECKS)} passed" in stdout
+
+
+@pytest.mark.parametrize("mutation", list(V12_MUTATIONS))
+def test_v12_preflight_fails_on_the_edit(mutation, tmp_path, fmnist_data, monkeypatch):
+    old, new, check, hint_words, all_failures = V12_MUTATIONS[mutation]
+    results, stdout = v12_preflight(copy_version_with_edit(tmp_path, V12, old, new), fmnist_data[0], monkeypatch)
+    failed = {name: c for name, c in results["checks"].items() if not c["passed"]}
+    assert results["exit_code"] == 1 and results["status"] == "preflight", stdout[-3000:]
+    assert check in failed, f"{mutation}: {check} passed; failed were {sorted(failed)}"
+    assert hint_words in failed[check]["hint"], failed[check]["hint"]
+    assert set(failed) == all_failures
+    assert f"FAILED: {', '.join(failed)}" in stdout
+
+
+def test_v12_training_loader_without_the_augmentation_fails_the_check(tmp_path, fmnist_data, monkeypatch):
+    folder = copy_version_with_edit(tmp_path, V12, "seed=cfg.seed, augment=augmentation)", "seed=cfg.seed)")
+    results, stdout = v12_preflight(folder, fmnist_data[0], monkeypatch)
+    failed = {name for name, c in results["checks"].items() if not c["passed"]}
+    assert failed == {"augmentation"}, stdout[-3000:]
+    assert "the training loader does not apply it" in results["checks"]["augmentation"]["criterion"]
