@@ -2,9 +2,10 @@
 # On the GPU machine, from the repository root:
 #   bash runs/2026-12-05-fashionmnist-v12/run.sh LIMIT_S JOB ...
 # JOB: reg:ARM:SEED (one regularize.py arm and seed) or lc:FRACTION:SEED (one learning-curve point).
-# All jobs run in parallel on the one GPU, each cut at LIMIT_S; then both tables are summarised
+# All jobs run in parallel on the one GPU, each stopped with SIGINT (Ctrl-C: history kept) at LIMIT_S; then both tables are summarised
 # from what completed, and the records (no weights; plots of seed 0 only) go to $OUT/records.tgz.
 set -u
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}  # up to eight runs share 16 cores
 LIMIT=$1; shift
 W=${WORK:-/tmp/v12}; mkdir -p "$W/logs"
 V=fashionmnist/v12-step4
@@ -13,10 +14,10 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$W/gpu.txt" 2>
 for job in "$@"; do
   IFS=: read -r kind what seed <<< "$job"
   if [ "$kind" = reg ]; then
-    (cd $V && timeout "$LIMIT" python regularize.py --arms "$what" --seeds "$seed" --out "$W/regularize" \
+    (cd $V && timeout -s INT "$LIMIT" python regularize.py --arms "$what" --seeds "$seed" --out "$W/regularize" \
       --data-dir "$DATA" ${EXTRA:-}) > "$W/logs/reg-$what-s$seed.log" 2>&1 &
   else
-    (cd $V && timeout "$LIMIT" python learning_curve.py --fractions "$what" --seeds "$seed" \
+    (cd $V && timeout -s INT "$LIMIT" python learning_curve.py --fractions "$what" --seeds "$seed" \
       --out "$W/learning_curve" --data-dir "$DATA" ${EXTRA:-}) > "$W/logs/lc-$what-s$seed.log" 2>&1 &
   fi
 done
