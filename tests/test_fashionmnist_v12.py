@@ -17,7 +17,7 @@
   against tabulated t quantiles, summarise/markdown on synthetic runs, main() end to end with
   train.main replaced (the flags every arm would run with are parsed by train.py itself).
   learning_curve.py: one real quick point (50% = 256 images) next to the module's run as the
-  100% point, as runs/2026-12-05-fashionmnist-v12/run.sh does with the +smoothing arm.
+  100% point, as runs/2026-12-05-h100-fashionmnist-v12/run.sh does with the +smoothing arm.
 
 The augmentation check judges the training batch by half the share the configured augmentation
 changes (a flip-only configuration passes on every seed) and follows every image's label through
@@ -854,7 +854,7 @@ def test_learning_curve_quick_with_two_shares(run, tmp_path, monkeypatch):
     assert f"Verdict: {verdict['verdict']}" in stdout.getvalue()
 
 
-@pytest.mark.parametrize("argv", [["--fractions", "1.0"], ["--fractions", "0", "1"], ["--fractions", "0.5", "0.5"],
+@pytest.mark.parametrize("argv", [["--fractions", "0", "1"], ["--fractions", "0.5", "0.5"],
                                   ["--summarise"]])
 def test_learning_curve_bad_flags_exit_2(argv, capsys):
     with script("learning_curve") as lc, pytest.raises(SystemExit) as stop:

@@ -383,7 +383,7 @@ def overfit_one_batch(model, images, labels, *, make_optimizer, training_step, l
         passed=diverged is None and accuracy == 1.0 and loss <= max_loss,
         value=loss,
         threshold=max_loss,
-        criterion=f"accuracy 100% and training loss <= {max_loss} on {len(labels)} images within {steps} steps "
+        criterion=f"accuracy 100% and training loss <= {max_loss:.3g} on {len(labels)} images within {steps} steps "
                   f"(accuracy {accuracy:.0%} after {len(step_losses)} steps; loss = median of the step's last "
                   f"{min(window, len(step_losses))} losses)",
         hint=hint,

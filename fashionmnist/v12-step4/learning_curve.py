@@ -48,7 +48,8 @@ OUT_DIR = VERSION_DIR / "outputs" / "learning_curve"
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--fractions", nargs="+", type=float, default=FRACTIONS, help="shares of the training split")
+    p.add_argument("--fractions", nargs="+", type=float, default=FRACTIONS, help="shares of the training split; one per call is fine (parallel "
+                   "jobs): the curve is drawn from every run in --out")
     p.add_argument("--seeds", nargs="+", type=int, default=[0], help="one run per share and seed")
     p.add_argument("--out", type=Path, default=None, help="exactly this folder (default: a new dated one)")
     p.add_argument("--summarise", action="store_true", help="train nothing: the curve from the runs in --out")
@@ -61,8 +62,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--min-gain", type=float, default=MIN_GAIN_PER_DOUBLING,
                    help="validation accuracy per doubling of the data below which the curve has flattened")
     args = p.parse_args(argv)
-    if any(not 0 < f <= 1 for f in args.fractions) or len(set(args.fractions)) < 2:
-        p.error("--fractions: at least two different shares in (0, 1]")
+    if any(not 0 < f <= 1 for f in args.fractions) or len(set(args.fractions)) < len(args.fractions):
+        p.error("--fractions: different shares in (0, 1]")
     if args.summarise and args.out is None:
         p.error("--summarise needs --out, the folder that holds the runs")
     return args

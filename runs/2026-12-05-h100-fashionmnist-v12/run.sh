@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On the GPU machine, from the repository root:
-#   bash runs/2026-12-05-fashionmnist-v12/run.sh LIMIT_S JOB ...
+#   bash runs/2026-12-05-h100-fashionmnist-v12/run.sh LIMIT_S JOB ...
 # JOB: reg:ARM:SEED (one regularize.py arm and seed) or lc:FRACTION:SEED (one learning-curve point).
 # All jobs run in parallel on the one GPU, each stopped with SIGINT (Ctrl-C: history kept) at LIMIT_S; then both tables are summarised
 # from what completed, and the records (no weights; plots of seed 0 only) go to $OUT/records.tgz.
