@@ -10,6 +10,7 @@ import json
 import math
 import re
 import shlex
+import statistics
 import sys
 from pathlib import Path
 
@@ -741,3 +742,27 @@ def test_the_silent_bug_repeat_record_is_bit_for_bit():
     assert without_timing(first) == without_timing(second)
     assert first["per_seed"][0]["runs"] != second["per_seed"][1]["runs"]  # the comparison can fail
     assert "runs/2026-12-05-docs-repeat" in flat(DOCS / "debugging.md")
+
+
+def test_fashionmnist_v12_numbers_are_the_records():
+    """Every number of v12's FAZIT table and README lines comes from the three H100 runs."""
+    root = RUNS / "2026-12-05-h100-fashionmnist-v12" / "records"
+    runs = [json.loads((root / f"+smoothing-s{seed}" / "results.json").read_text()) for seed in (0, 1, 2)]
+    assert [r["seed"] for r in runs] == [0, 1, 2] and all(r["status"] == "completed" for r in runs)
+    assert all(r["all_checks_passed"] and r["epochs_run"] == 40 and "H100" in r["device"] for r in runs)
+    test = [100 * r["test_accuracy"] for r in runs]
+    val = [100 * r["best_val_accuracy"] for r in runs]
+    train = [100 * r["train_metrics"]["accuracy"] for r in runs]
+    gap = [t - s for t, s in zip(train, test)]
+    mean_std = lambda xs: f"{statistics.mean(xs):.2f}% ± {statistics.stdev(xs):.2f}"  # noqa: E731
+    fazit = flat(REPO_ROOT / "fashionmnist" / "v12-step4" / "FAZIT.md")
+    for seed, r in enumerate(runs):
+        assert (f"| {seed} | {test[seed]:.2f}% | {val[seed]:.2f}% ({r['best_epoch']}) | {train[seed]:.2f}% | "
+                f"{gap[seed]:.2f} points |") in fazit
+    assert (f"| **mean ± std** | **{mean_std(test)}** | {mean_std(val)} | {mean_std(train)} | "
+            f"{statistics.mean(gap):.2f} ± {statistics.stdev(gap):.2f} points |") in fazit
+    assert f"missed by {95.5 - statistics.mean(test):.2f} points" in fazit
+    row = f"{mean_std(test)}% (3 seeds; goal 95.5% missed"
+    assert row in flat(REPO_ROOT / "fashionmnist" / "README.md")
+    assert f"Results: {mean_std(test)} test accuracy over seeds 0-2 on an H100" in flat(
+        REPO_ROOT / "fashionmnist" / "v12-step4" / "README.md")
