@@ -229,3 +229,75 @@ def test_v12_copies_v6s_batch_augmentation():
     assert v12["random_flip"] == v6["random_flip"]
     assert v12["random_crop"] != v6["random_crop"]
     assert v12["random_crop"] == v6["random_crop"].replace(".permute(0, 3, 1, 2).contiguous()", ".permute(0, 3, 1, 2)")
+
+
+# v13-step5 (recipe step 5, tune) against v12-step4: --no-test in train.py (the test set's guard, the
+# watched test files, check_test_set) and the wiring it needs; the test-set check, the file watcher and
+# the edge verdict in debug_tools.py; the search plot and REPORT.md's row for an unread test set.
+# search.py is new; regularize.py and learning_curve.py were v12's lesson and are not copied, and with
+# the learning curve go its verdict and plot; metrics.py is v12's.
+V13 = "fashionmnist/v13-step5"
+V13_CHANGED = {"README.md", "FAZIT.md", "train.py", "debug_tools.py", "visualization.py"}
+V13_ADDED, V13_DROPPED = {"search.py"}, {"regularize.py", "learning_curve.py"}
+V13_NEW_DEFINITIONS = {
+    "train.py": {"TestSetRead", "TestSetGuard", "check_test_set"},
+    "debug_tools.py": {"_record_open", "watch_file_reads", "verify_test_set_untouched", "_position", "edge_verdict"},
+    "visualization.py": {"plot_search"},
+}
+V13_REMOVED_DEFINITIONS = {"train.py": set(), "debug_tools.py": {"learning_curve_verdict"},
+                           "visualization.py": {"plot_learning_curve"}}
+# What the lesson changes in v12's code, each for --no-test; everything else is v12's to the character.
+V13_CHANGED_DEFINITIONS = {
+    "train.py": {
+        "load_raw_data",  # read_test: the test files stay closed
+        "split_data", "report_on_data", "unaugmented_images",  # a guard or nothing where the test split was
+        "checks_before_training",  # no human baseline of test images, the augmentation check on validation only
+        "analyse", "print_summary",  # no test evaluation, gap or test plots in --no-test
+        "parse_args", "start_run", "load_data", "main",  # wiring: --test/--no-test, the version, the watcher
+    },
+    "debug_tools.py": set(),
+    "visualization.py": {"write_report"},  # "test set: not read" instead of nan rows
+}
+
+
+def test_v13_changes_only_the_declared_code_files():
+    assert files_of(V13) == (files_of(V12) - V13_DROPPED) | V13_ADDED, sorted(
+        files_of(V13) ^ ((files_of(V12) - V13_DROPPED) | V13_ADDED))
+    code = {name for name in files_of(V12) - V13_DROPPED if name.endswith(".py")}
+    differing = {name for name in code
+                 if (REPO_ROOT / V13 / name).read_bytes() != (REPO_ROOT / V12 / name).read_bytes()}
+    assert differing == {name for name in V13_CHANGED if name.endswith(".py")}, sorted(differing)
+    assert (REPO_ROOT / V13 / "metrics.py").read_bytes() == (REPO_ROOT / V12 / "metrics.py").read_bytes()
+
+
+def test_v13_rewrites_its_lesson_texts():
+    """README.md and FAZIT.md are v13's own: a FAZIT copied from v12 reports v12's numbers."""
+    same = [name for name in sorted(V13_CHANGED) if name.endswith(".md")
+            and (REPO_ROOT / V13 / name).read_bytes() == (REPO_ROOT / V12 / name).read_bytes()]
+    assert same == [], f"{V13}: {same} still v12's, byte for byte"
+
+
+@pytest.mark.parametrize("file", sorted(V13_NEW_DEFINITIONS))
+def test_v13_keeps_v12s_code_and_adds_its_idea(file):
+    previous, current = definitions(V12, file), definitions(V13, file)
+    assert set(current) == (set(previous) - V13_REMOVED_DEFINITIONS[file]) | V13_NEW_DEFINITIONS[file]
+    changed = {name for name in set(previous) & set(current) if previous[name] != current[name]}
+    assert changed == V13_CHANGED_DEFINITIONS[file], f"{file}: {sorted(changed)} changed"
+
+
+def test_v13_keeps_v12s_defaults_until_the_search_has_run():
+    """The search has not run on a GPU: every constant of v12's config block has v13's value (comments
+    may point at v12's scripts), but for the checkpoint's name; v13 adds READ_TEST_SET and TEST_FILES."""
+    def constants(version):
+        return {match.group(1): match.group(2).strip() for line in (REPO_ROOT / version / "train.py").read_text()
+                .splitlines() if (match := re.match(r"([A-Z_0-9]+) = ([^#]*)", line))}
+
+    v12, v13 = constants(V12), constants(V13)
+    assert len(v12) > 30 and set(v13) - set(v12) == {"READ_TEST_SET", "TEST_FILES"}
+    assert {name: value for name, value in v12.items() if v13[name] != value} == {"MODEL_FILE": '"best_model_v12.pth"'}
+
+
+def test_v13_copies_v12s_welch_interval():
+    v12, v13 = definitions(V12, "regularize.py"), definitions(V13, "search.py")
+    for name in ("_betacf", "t_cdf", "t_quantile", "welch_interval", "_mean_std"):
+        assert v13[name] == v12[name], f"{V13}/search.py: {name} differs from {V12}/regularize.py's"
