@@ -1130,7 +1130,8 @@ def train_member(run: Run, data: Data, k: int, folder: Path) -> None:
     member_data = replace(data, train_loader=loader)
     train(member, member_data, model, optimizer, scheduler)
     analyse(member, member_data, model, {}, filters_at_init)  # loads the best epoch's weights
-    save_checkpoint(member_probabilities(model, data.val_set.images, run.device), folder / PROBABILITIES_FILE)
+    save_checkpoint({**member_probabilities(model, data.val_set.images, run.device),
+                     "labels": data.val_set.labels.cpu()}, folder / PROBABILITIES_FILE)
     member.results["outputs"] = sorted(set(member.results["outputs"]) | {PROBABILITIES_FILE})
     member.save()
     write_report(member.results, folder / "REPORT.md")
@@ -1165,6 +1166,10 @@ def train_members(run: Run, data: Data) -> list[dict]:
                 run.results["members_finished"] = k
                 raise
         members.append({**load_member(folder), "kept": bool(kept)})
+        if not torch.equal(members[-1]["labels"], data.val_set.labels.cpu()):  # averaging needs the same images
+            print(f"error: {folder} holds outputs on other validation images (another --seed or --val-size); "
+                  "use a new --out", file=sys.stderr)
+            raise SystemExit(2)
     lines = [json.dumps({"member": m["member"], **record}) for m in members
              for record in read_history(m["folder"] / "history.jsonl")]
     write_text(run.out / "history.jsonl", "\n".join(lines) + "\n")  # every member's epochs, member by member
@@ -1281,8 +1286,8 @@ def choose(run: Run, rows: list[dict], members: list[dict], data: Data, test_fil
               "best_member": best["member"], "rule": "best validation accuracy; ties: fewer members, then no TTA"}
     run.results["choice"] = choice
     run.results["best_val_accuracy"] = chosen["val_accuracy"]
-    run.results["test_reads_before_choice"] = list(test_file_reads)
-    run.results["test_records_before_choice"] = [str(p.relative_to(run.out)) for p in run.out.rglob("test_prob*")]
+    run.results["before_choice"] = {"test_files_opened": list(test_file_reads), "test_probability_files": [
+        str(p.relative_to(run.out)) for p in run.out.rglob("test_prob*")]}
     labels, bins = data.val_set.labels.cpu(), run.cfg.calibration_bins
     run.results["calibration"] = {"validation": {
         "best_member": probability_metrics(best["plain"], labels, bins)["calibration"],
@@ -1330,7 +1335,7 @@ def evaluate_on_test(run: Run, raw, members: list[dict], choice: dict) -> None:
 def check_the_order(run: Run, checks: dict) -> None:
     """Last: the events of results.json in order, and what the run had seen of the test set at the choice."""
     checks["test_read_after_choice"] = verify_test_read_after_choice(
-        run.results["events"], run.results["test_reads_before_choice"], run.results["test_records_before_choice"])
+        run.results["events"], *run.results["before_choice"].values())
     print(checks["test_read_after_choice"].report())
     record_checks(run, checks)
 
