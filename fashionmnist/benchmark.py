@@ -1,18 +1,26 @@
-"""Benchmark of fashionmnist/v10-step2: seconds per training epoch and the time of all checks.
+"""Benchmark of fashionmnist/v10-step2: seconds per training epoch and the time of all checks;
+and the training loops of v6, v12-step4 and v15-speed side by side, on the same device in one run.
 
     python fashionmnist/benchmark.py                 # CPU, and CUDA where present
     python fashionmnist/benchmark.py --devices cpu --threads 2
+    python fashionmnist/benchmark.py --loops v15 --loop-images 5000   # only v15's loop, on 5,000 images
 
 Prints figures; it is not a test. The checks' share is measured against a
 full default run estimated as EPOCHS x (one epoch) + checks. Each device's
 figures are also written to <--out>/benchmark_<device>.json, the record that
-README numbers are copied from.
+README numbers are copied from. The loops (--loops, default all three; --loops none: skip)
+run each version's own train_one_epoch with its default configuration; --loop-images times
+them on the first N training images and scales the seconds to the full split. Their figures go
+to <--out>/loops_<device>.json.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import functools
+import importlib
+import io
 import json
 import statistics
 import sys
@@ -114,6 +122,90 @@ def benchmark(device: torch.device, raw, out: Path, command: str, measured_epoch
     print(f"  written: {path}")
 
 
+# Each version's train.py and its own modules, imported in isolation (the versions share module names).
+LOOP_VERSIONS = {"v6": "v6", "v12": "v12-step4", "v15": "v15-speed"}
+VERSION_MODULES = ("train", "debug_tools", "metrics", "visualization")
+
+
+def load_train(folder: str):
+    saved_path, saved_modules = list(sys.path), {n: sys.modules.pop(n) for n in VERSION_MODULES if n in sys.modules}
+    sys.path[:] = [str(Path(__file__).resolve().parent / folder)] + [p for p in sys.path if p != str(VERSION_DIR)]
+    try:
+        module = importlib.import_module("train")
+    finally:
+        for name in VERSION_MODULES:
+            sys.modules.pop(name, None)
+        sys.modules.update(saved_modules)
+        sys.path[:] = saved_path
+    return module
+
+
+def loop_epoch(name: str, device: torch.device, raw, images: int | None):
+    """One version's data, model, optimizer and train_one_epoch with its defaults on `device`; returns a
+    function that runs one epoch (of the first `images` training images, or all) and the image count."""
+    t = load_train(LOOP_VERSIONS[name])
+    cfg = t.parse_args(["--device", device.type])
+    t.set_seed(cfg.seed)
+    if name == "v6":
+        data = t.load_data(cfg, device)
+        loader = data.train_loader
+        if images:
+            loader.images, loader.labels = loader.images[:images], loader.labels[:images]
+        count = len(loader.labels)
+        model = t.ResNet().to(device)
+        optimizer, scheduler = t.make_optimizer(model, cfg, total_steps=10 * len(loader))
+        return (lambda: t.train_one_epoch(model, loader, optimizer, scheduler, 1, 1)), count
+    if name == "v15" and cfg.bf16 is None:
+        cfg.bf16 = device.type == "cuda"  # what start_run decides
+    train_set, _, _ = t.split_data(*raw, cfg, device)
+    if images:
+        train_set = t.FashionMNISTTensors(train_set.images[:images], train_set.labels[:images], train_set.classes)
+    augmentation = t.Augmentation(cfg.crop_padding, cfg.flip_probability, cfg.erase_probability)
+    extra = {}
+    if name == "v15":
+        extra = {"generator_device": device if cfg.device_augment else "cpu", "channels_last": cfg.channels_last}
+    loader = t.TensorLoader(train_set, cfg.batch_size, shuffle=True, seed=cfg.seed, augment=augmentation, **extra)
+    model = t.ResNet(channels=cfg.channels, **({"stem_stride": cfg.stem_stride} if name == "v15" else {})).to(device)
+    optimizer, scheduler = t.make_optimizer(model, cfg, total_steps=10 * len(loader))
+    step = functools.partial(t.training_step, diverged_loss=cfg.diverged_loss, label_smoothing=cfg.label_smoothing,
+                             bf16=cfg.bf16, **({"sync_free": cfg.sync_free} if name == "v15" else {}))
+    more = {"sync_free": cfg.sync_free} if name == "v15" else {}
+    return (lambda: t.train_one_epoch(model, loader, optimizer, scheduler, 1, 1, 0, [], step, **more)), len(train_set)
+
+
+def benchmark_loops(device: torch.device, raw, out: Path, command: str, measured_epochs: int, names: list[str],
+                    images: int | None) -> dict:
+    """Seconds per epoch of each version's own loop, the median of `measured_epochs` after one warm-up
+    epoch, scaled to the 55,000 training images when --loop-images times fewer."""
+    figures = {}
+    for name in names:
+        epoch, count = loop_epoch(name, device, raw, images)
+
+        def one_epoch():
+            with contextlib.redirect_stderr(io.StringIO()):  # no progress bars between the figures
+                epoch()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+
+        one_epoch()  # warm-up: allocation, kernel selection, the first schedule steps
+        times = [timed(one_epoch) for _ in range(measured_epochs)]
+        scale = 55_000 / count
+        figures[name] = {"seconds_per_epoch": round(statistics.median(times) * scale, 3), "images_timed": count,
+                         "measured_epoch_seconds": [round(t, 3) for t in times]}
+    name = train.device_name(device)
+    print(f"\nTraining loops on {name}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
+          + (f", timed on {images} images and scaled to 55,000" if images else ""))
+    for loop, f in figures.items():
+        print(f"  {loop:<4} ({LOOP_VERSIONS[loop]}): {f['seconds_per_epoch']:8.2f} s per epoch"
+              f"  ({f['seconds_per_epoch'] / figures[names[0]]['seconds_per_epoch']:.2f}x {names[0]}'s time)")
+    record = {"command": command, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "device": name, "torch": torch.__version__, "cpu_threads": torch.get_num_threads(), "loops": figures}
+    path = out / f"loops_{device.type}.json"
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"  written: {path}")
+    return record
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--devices", nargs="+", default=["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
@@ -121,6 +213,10 @@ def main(argv=None) -> None:
     p.add_argument("--data-dir", type=Path, default=None)
     p.add_argument("--out", type=Path, default=Path("/tmp/fashionmnist-benchmark"))
     p.add_argument("--measured-epochs", type=int, default=3, help="epochs timed; their median is reported")
+    p.add_argument("--loops", nargs="+", default=list(LOOP_VERSIONS), choices=[*LOOP_VERSIONS, "none"],
+                   help="versions whose training loops are timed side by side; none: skip")
+    p.add_argument("--loop-images", type=int, default=None, help="time the loops on this many training images")
+    p.add_argument("--skip-v10", action="store_true", help="only the loops, not v10-step2's epoch and checks")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -130,8 +226,13 @@ def main(argv=None) -> None:
     except train.DataNotFoundError as err:
         sys.exit(f"error: {err}")  # where it looked and how to get the data; exit code 1
     command = " ".join(["python fashionmnist/benchmark.py", *(sys.argv[1:] if argv is None else argv)])
+    loops = [name for name in args.loops if name != "none"]
     for device in args.devices:
-        benchmark(torch.device(device), raw, args.out, command, args.measured_epochs)
+        if not args.skip_v10:
+            benchmark(torch.device(device), raw, args.out, command, args.measured_epochs)
+        if loops:
+            benchmark_loops(torch.device(device), raw, args.out, command, args.measured_epochs, loops,
+                            args.loop_images)
 
 
 if __name__ == "__main__":
