@@ -301,3 +301,76 @@ def test_v13_copies_v12s_welch_interval():
     v12, v13 = definitions(V12, "regularize.py"), definitions(V13, "search.py")
     for name in ("_betacf", "t_cdf", "t_quantile", "welch_interval", "_mean_std"):
         assert v13[name] == v12[name], f"{V13}/search.py: {name} differs from {V12}/regularize.py's"
+
+
+# v14-step6 (recipe step 6, squeeze out the juice) against v13-step5: the ensemble in train.py (members
+# trained one after another, each a v13 run with its own seed; the table on validation; the choice; the
+# test set read once, after it), its checks in debug_tools.py (v7's calibration copied), its plots and
+# REPORT.md section in visualization.py. ensemble.py is new; search.py was v13's lesson and is not
+# copied; metrics.py is v13's.
+V14 = "fashionmnist/v14-step6"
+V14_CHANGED = {"README.md", "FAZIT.md", "train.py", "debug_tools.py", "visualization.py"}
+V14_ADDED, V14_DROPPED = {"ensemble.py"}, {"search.py"}
+V14_NEW_DEFINITIONS = {
+    "train.py": {"member_seed", "no_test", "member_config", "flip_view", "member_probabilities", "member_view",
+                 "ensemble_probabilities", "probability_metrics", "record_event", "refuse_a_second_test_read",
+                 "finished_member", "train_member", "load_member", "train_members", "initial_members",
+                 "check_the_recipe", "ensemble_table", "member_model", "check_the_ensemble", "choose",
+                 "evaluate_on_test", "check_the_order", "finish"},
+    "debug_tools.py": {"calibration", "pairwise_disagreement", "state_digest", "verify_members_differ",
+                       "verify_tta_flip", "verify_test_read_after_choice", "ensemble_gain"},
+    "visualization.py": {"ensemble_lines", "plot_ensemble", "plot_calibration"},
+}
+# What the lesson changes in v13's code; everything else (the members' train(), analyse(), checks) is v13's.
+V14_CHANGED_DEFINITIONS = {
+    "train.py": {
+        "parse_args",  # --members, --sizes, --member-seed-stride, --calibration-bins, --resume
+        "start_run",  # the version, the events record, the members' seeds, no second test read on --resume
+        "print_summary", "main",  # the ensemble's phases and summary
+    },
+    "debug_tools.py": set(),
+    "visualization.py": {"write_report"},  # the chosen ensemble, the members, the ensemble section
+}
+
+
+def test_v14_changes_only_the_declared_code_files():
+    assert files_of(V14) == (files_of(V13) - V14_DROPPED) | V14_ADDED, sorted(
+        files_of(V14) ^ ((files_of(V13) - V14_DROPPED) | V14_ADDED))
+    code = {name for name in files_of(V13) - V14_DROPPED if name.endswith(".py")}
+    differing = {name for name in code
+                 if (REPO_ROOT / V14 / name).read_bytes() != (REPO_ROOT / V13 / name).read_bytes()}
+    assert differing == {name for name in V14_CHANGED if name.endswith(".py")}, sorted(differing)
+    assert (REPO_ROOT / V14 / "metrics.py").read_bytes() == (REPO_ROOT / V13 / "metrics.py").read_bytes()
+
+
+def test_v14_rewrites_its_lesson_texts():
+    """README.md and FAZIT.md are v14's own: a FAZIT copied from v13 plans v13's runs."""
+    same = [name for name in sorted(V14_CHANGED) if name.endswith(".md")
+            and (REPO_ROOT / V14 / name).read_bytes() == (REPO_ROOT / V13 / name).read_bytes()]
+    assert same == [], f"{V14}: {same} still v13's, byte for byte"
+
+
+@pytest.mark.parametrize("file", sorted(V14_NEW_DEFINITIONS))
+def test_v14_keeps_v13s_code_and_adds_its_idea(file):
+    previous, current = definitions(V13, file), definitions(V14, file)
+    assert set(current) == set(previous) | V14_NEW_DEFINITIONS[file]
+    changed = {name for name in set(previous) & set(current) if previous[name] != current[name]}
+    assert changed == V14_CHANGED_DEFINITIONS[file], f"{file}: {sorted(changed)} changed"
+
+
+def test_v14_keeps_v13s_defaults_and_adds_the_ensembles():
+    """Every constant of v13's config block keeps its value (v13's search has not run on a GPU), but for
+    the checkpoint's name; v14 adds the ensemble's constants and its two probability files."""
+    def constants(version):
+        return {match.group(1): match.group(2).strip() for line in (REPO_ROOT / version / "train.py").read_text()
+                .splitlines() if (match := re.match(r"([A-Z_0-9]+) = ([^#]*)", line))}
+
+    v13, v14 = constants(V13), constants(V14)
+    assert set(v14) - set(v13) == {"MEMBERS", "ENSEMBLE_SIZES", "MEMBER_SEED_STRIDE", "CALIBRATION_BINS",
+                                   "QUICK_MEMBERS", "PROBABILITIES_FILE", "TEST_PROBABILITIES_FILE",
+                                   "MEMBER_SETTINGS"}
+    assert {name: value for name, value in v13.items() if v14[name] != value} == {"MODEL_FILE": '"best_model_v13.pth"'}
+
+
+def test_v14_copies_v7s_calibration():
+    assert definitions(V14, "debug_tools.py")["calibration"] == definitions(V7, "metrics.py")["calibration"]

@@ -34,7 +34,7 @@ from shared import runs
 FASHIONMNIST = ["fashionmnist/v1", "fashionmnist/v2", "fashionmnist/v3", "fashionmnist/v4", "fashionmnist/v5",
                 "fashionmnist/v6", "fashionmnist/v7", "fashionmnist/v8", "fashionmnist/v9-step1",
                 "fashionmnist/v10-step2", "fashionmnist/v11-step3", "fashionmnist/v12-step4", "fashionmnist/v13-step5",
-                "exercises/find-the-bugs"]
+                "fashionmnist/v14-step6", "exercises/find-the-bugs"]
 IMAGENETTE = ["imagenette/v1", "imagenette/v2", "imagenette/v3", "imagenette/v4", "imagenette/v5",
               "imagenette/v6/v6a", "imagenette/v6/v6b", "imagenette/v7/v7a", "imagenette/v7/v7b", "imagenette/v7/v7c"]
 VERSIONS = FASHIONMNIST + IMAGENETTE
@@ -149,7 +149,7 @@ def test_existing_dir_refuses_a_missing_folder(tmp_path):
 def _data_args(version: str, fmnist_dir: Path, imagenette_dir: Path) -> list[str]:
     data = imagenette_dir if version.startswith("imagenette") else fmnist_dir
     extra = FAST if version in (V10, "fashionmnist/v11-step3", "fashionmnist/v12-step4",
-                                "fashionmnist/v13-step5", "exercises/find-the-bugs") else []
+                                "fashionmnist/v13-step5", "fashionmnist/v14-step6", "exercises/find-the-bugs") else []
     if version.startswith(("imagenette/v6", "imagenette/v7")):  # the battery's optional checks cost seconds
         extra = ["--no-overfit-test", "--no-batch-independence-test"]
     if version.startswith("imagenette/v7"):  # ResNet50 at 64 px costs a CPU half a minute; the folders do not care

@@ -1259,8 +1259,9 @@ def edge_verdict(best: dict, space: dict, margin: float = 0.1) -> dict:
 # ---------------------------------------------------------------------------
 # Recipe step 6: squeeze out the juice. An ensemble, flip TTA, and the test set read once, last.
 # ---------------------------------------------------------------------------
+# v7's calibration (metrics.py there), copied verbatim: the same ECE for every version of the track.
 def calibration(confidences: torch.Tensor, correct: torch.Tensor, bins: int = 15) -> dict:
-    """Reliability diagram and expected calibration error (ECE, Guo et al. 2017); v7's, copied.
+    """Reliability diagram and expected calibration error (ECE, Guo et al. 2017).
 
     The confidences (the largest softmax probability of each image) are sorted into `bins`
     equal-width intervals (0, 1/bins], ..., ((bins-1)/bins, 1]; per bin, the mean confidence
@@ -1327,7 +1328,8 @@ def verify_members_differ(probabilities: list[torch.Tensor], digests: list[str],
         value=len(identical),
         threshold=0,
         criterion=f"no two of {len(probabilities)} members ({stage}) with identical weights or outputs "
-                  f"(max |p_a - p_b| > {tolerance:g})" + (f": members {', '.join(identical)}" if identical else ""),
+                  f"(max |p_a - p_b| > {tolerance:g})"
+                  + (f": members {', '.join(identical)}" if identical else ""),
         hint="Every member must get its own seed (member_seed(seed, k) must depend on k) and its own folder; "
              "set_seed(member's seed) must run before the member's model and loader are made. Identical members "
              "make an ensemble that costs K times as much and gains nothing.",
@@ -1447,8 +1449,8 @@ def ensemble_gain(ensemble_accuracy: float, member_accuracies: list[float], disa
              "member far below the others means a broken member; weak, barely trained members (--quick) need "
              "not gain from averaging. An ensemble that does not beat its average member is not worth K times "
              "the compute.",
-        details={"ensemble_accuracy": ensemble_accuracy, "members_mean": mean, "member_accuracies": member_accuracies,
-                 "disagreement": disagreement},
+        details={"ensemble_accuracy": ensemble_accuracy, "members_mean": mean,
+                 "member_accuracies": member_accuracies, "disagreement": disagreement},
         seconds=time.perf_counter() - start,
         expected="" if gain > 0 else "a warning, not a bug in the code by itself: the run goes on (see the hint)",
     )

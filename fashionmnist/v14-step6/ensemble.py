@@ -79,7 +79,8 @@ def levers(runs: list[dict], long_runs: list[dict]) -> dict:
         table["leave it training (members' mean, long - short)"] = mean_std(
             [all_members(long) - all_members(short) for short, long in pairs])
     tested = [run for run in runs if "test_accuracy" in run]
-    return {"levers": table, "unpaired_long_runs": [long["folder"] for long in long_runs if long["seed"] not in by_seed],
+    unpaired = [long["folder"] for long in long_runs if long["seed"] not in by_seed]
+    return {"levers": table, "unpaired_long_runs": unpaired,
             "test": mean_std([run["test_accuracy"] for run in tested]),
             "best_member_test": mean_std([run["best_member_test_accuracy"] for run in tested]),
             "choices": [{"seed": run["seed"], **run["choice"]} for run in runs], "goal": GOAL,

@@ -638,7 +638,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--overfit-max-loss", type=float, default=OVERFIT_MAX_LOSS, help="'memorised': loss at most this")
     p.add_argument("--max-train-test-gap", type=float, default=MAX_TRAIN_TEST_GAP,
                    help="train - test accuracy above this is strong overfitting")
-    p.add_argument("--members", type=int, default=MEMBERS, help="members of the ensemble, trained one after another")
+    p.add_argument("--members", type=int, default=MEMBERS,
+                   help="members of the ensemble, trained one after another")
     p.add_argument("--sizes", type=int, nargs="+", default=list(ENSEMBLE_SIZES),
                    help="ensemble sizes measured on validation (the first K members; sizes > --members skipped)")
     p.add_argument("--member-seed-stride", type=int, default=MEMBER_SEED_STRIDE,
@@ -1025,8 +1026,8 @@ def no_test(cfg) -> argparse.Namespace:
 
 def member_config(cfg, member: int) -> argparse.Namespace:
     """Member k's configuration: the ensemble's, with the member's seed and the test set closed."""
-    return argparse.Namespace(**{**vars(no_test(cfg)), "seed": member_seed(cfg.seed, member, cfg.member_seed_stride),
-                                 "member": member})
+    seed = member_seed(cfg.seed, member, cfg.member_seed_stride)
+    return argparse.Namespace(**{**vars(no_test(cfg)), "seed": seed, "member": member})
 
 
 def flip_view(images: torch.Tensor) -> torch.Tensor:
@@ -1173,7 +1174,8 @@ def train_members(run: Run, data: Data) -> list[dict]:
     lines = [json.dumps({"member": m["member"], **record}) for m in members
              for record in read_history(m["folder"] / "history.jsonl")]
     write_text(run.out / "history.jsonl", "\n".join(lines) + "\n")  # every member's epochs, member by member
-    record_event(run, "members_trained", members=[m["member"] for m in members], seeds=[m["seed"] for m in members])
+    record_event(run, "members_trained", members=[m["member"] for m in members],
+                 seeds=[m["seed"] for m in members])
     return members
 
 
@@ -1204,7 +1206,8 @@ def check_the_recipe(run: Run, raw, data: Data, test_file_reads: list[str]) -> d
     started = time.perf_counter()
     probe = data.val_set.images[:64]
     if cfg.members > 1:
-        checks["members_differ_init"] = verify_members_differ(*initial_members(cfg, run.device, probe), stage="init")
+        probabilities, digests = initial_members(cfg, run.device, probe)
+        checks["members_differ_init"] = verify_members_differ(probabilities, digests, stage="init")
     checks["tta_flip"] = verify_tta_flip(flip_view, probe.cpu())
     checks["test_read_after_choice"] = verify_test_read_after_choice(run.results["events"], test_file_reads, [])
     for name in ("members_differ_init", "tta_flip", "test_read_after_choice"):
@@ -1225,21 +1228,22 @@ def ensemble_table(run: Run, members: list[dict], data: Data) -> list[dict]:
     for size in sizes:
         for tta in (False, True):
             metrics = probability_metrics(ensemble_probabilities(members, size, tta), labels, bins)
-            alone = [(member_view(m, tta).argmax(1) == labels).double().mean().item() for m in members[:size]]
+            alone = statistics.fmean((member_view(m, tta).argmax(1) == labels).double().mean().item()
+                                     for m in members[:size])
             rows.append({"size": size, "tta": tta, "val_accuracy": metrics["accuracy"],
-                         "members_mean": statistics.fmean(alone), "gain": metrics["accuracy"] - statistics.fmean(alone),
+                         "members_mean": alone, "gain": metrics["accuracy"] - alone,
                          "disagreement": pairwise_disagreement([member_view(m, tta) for m in members[:size]]),
                          "val_loss": metrics["loss"], "ece": metrics["calibration"]["ece"]})
     print("\n--- Ensembles on validation (the first K members) ---")
     print(f"  {'K':>2}  {'TTA':<4}{'val acc':>9}{'members':>9}{'gain':>8}{'disagree':>10}{'NLL':>8}{'ECE':>8}")
     for r in rows:
-        print(f"  {r['size']:>2}  {'flip' if r['tta'] else '-':<4}{r['val_accuracy']:>9.2%}{r['members_mean']:>9.2%}"
-              f"{r['gain']:>+8.2%}{r['disagreement']:>10.2%}{r['val_loss']:>8.4f}{r['ece']:>8.4f}")
+        print(f"  {r['size']:>2}  {'flip' if r['tta'] else '-':<4}{r['val_accuracy']:>9.2%}"
+              f"{r['members_mean']:>9.2%}{r['gain']:>+8.2%}{r['disagreement']:>10.2%}{r['val_loss']:>8.4f}{r['ece']:>8.4f}")
     skipped = sorted(set(run.cfg.sizes) - set(sizes))
-    run.results["members"] = [{key: m[key] for key in ("member", "seed", "best_epoch", "best_val_accuracy",
-                                                         "train_time_s", "all_checks_passed", "kept")}
-                              | {"folder": str(m["folder"].relative_to(run.out)), "val_accuracy_tta":
-                                 (member_view(m, True).argmax(1) == labels).double().mean().item()} for m in members]
+    keys = ("member", "seed", "best_epoch", "best_val_accuracy", "train_time_s", "all_checks_passed", "kept")
+    run.results["members"] = [{**{key: m[key] for key in keys}, "folder": str(m["folder"].relative_to(run.out)),
+                               "val_accuracy_tta": (member_view(m, True).argmax(1) == labels).double().mean().item()}
+                              for m in members]
     run.results["ensemble"] = {"table": rows, "skipped_sizes": skipped}
     return rows
 
@@ -1345,7 +1349,8 @@ def finish(run: Run) -> None:
     plot_ensemble(run.results["ensemble"]["table"], run.out / "ensemble.png")
     plot_calibration(run.results["calibration"], run.out / "calibration.png")
     run.results.update(status="completed", exit_code=0)
-    run.results["outputs"] = sorted({p.name for p in run.out.iterdir() if p.is_file()} | {"results.json", "REPORT.md"})
+    files = {p.name for p in run.out.iterdir() if p.is_file()}
+    run.results["outputs"] = sorted(files | {"results.json", "REPORT.md"})
     run.save()
     write_report(run.results, run.out / "REPORT.md")
 

@@ -463,8 +463,8 @@ def ensemble_lines(results: dict) -> list[str]:
     for r in results["ensemble"]["table"]:
         chosen = " **(chosen)**" if (r["size"], r["tta"]) == (choice["size"], choice["tta"]) else ""
         lines.append(f"| {r['size']}{chosen} | {'on' if r['tta'] else 'off'} | {r['val_accuracy']:.2%} | "
-                     f"{r['members_mean']:.2%} | {r['gain']:+.2%} | {r['disagreement']:.2%} | {r['val_loss']:.4f} | "
-                     f"{r['ece']:.4f} |")
+                     f"{r['members_mean']:.2%} | {r['gain']:+.2%} | {r['disagreement']:.2%} | "
+                     f"{r['val_loss']:.4f} | {r['ece']:.4f} |")
     lines += ["", "Events: " + " -> ".join(f"{e['event']} ({e['time']})" for e in results["events"])]
     return lines
 
@@ -503,8 +503,9 @@ def plot_calibration(calibration: dict, out_path: Path) -> None:
         filled = [c > 0 for c in cal["count"]]
         ax.bar([c for c, f in zip(centres, filled) if f], [a for a, f in zip(cal["accuracy"], filled) if f],
                1 / bins, edgecolor="black", alpha=0.7, label="accuracy in bin")
-        ax.plot([c for c, f in zip(centres, filled) if f], [m for m, f in zip(cal["mean_confidence"], filled) if f],
-                "rs", markersize=3, label="mean confidence")
+        ax.plot([c for c, f in zip(centres, filled) if f],
+                [m for m, f in zip(cal["mean_confidence"], filled) if f], "rs", markersize=3,
+                label="mean confidence")
         ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
         ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", title=f"{split}: {who.replace('_', ' ')}\n"
                f"ECE {cal['ece']:.4f}")
