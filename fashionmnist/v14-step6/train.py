@@ -1154,6 +1154,8 @@ def train_members(run: Run, data: Data) -> list[dict]:
     GPU can outlast one session: run the same command with --resume until all are there). Ctrl-C or
     a diverged member: its folder keeps its history and best checkpoint, the earlier members stay."""
     cfg, members = run.cfg, []
+    if cfg.overwrite:  # an earlier run's test outputs in this folder are not this run's: they go
+        (run.out / TEST_PROBABILITIES_FILE).unlink(missing_ok=True)
     for k in range(cfg.members):
         folder = run.out / "members" / f"member-{k}"
         kept = cfg.resume and finished_member(folder, member_config(cfg, k))
@@ -1270,9 +1272,10 @@ def check_the_ensemble(run: Run, members: list[dict], data: Data, checks: dict) 
                                          model_outputs=outputs)
     largest = max((r for r in run.results["ensemble"]["table"] if not r["tta"]), key=lambda r: r["size"])
     labels = data.val_set.labels.cpu()
-    checks["ensemble_gain"] = ensemble_gain(
-        largest["val_accuracy"], [(m["plain"].argmax(1) == labels).double().mean().item()
-                                  for m in members[:largest["size"]]], largest["disagreement"])
+    if largest["size"] > 1:  # one member (--members 1, a "leave it training" run) is no ensemble to judge
+        checks["ensemble_gain"] = ensemble_gain(
+            largest["val_accuracy"], [(m["plain"].argmax(1) == labels).double().mean().item()
+                                      for m in members[:largest["size"]]], largest["disagreement"])
     for name in ("members_differ_trained", "tta_flip", "ensemble_gain"):
         if name in checks:
             print(checks[name].report())
