@@ -194,12 +194,19 @@ def test_calibration_of_the_best_member_and_the_ensemble(quick):
     report = (quick["out"] / "REPORT.md").read_text()
     assert "## Ensembles on validation (the first K members)" in report and "**(chosen)**" in report
     assert "Events: members_trained (" in report and "![calibration.png](calibration.png)" in report
-    assert "| best member alone, test |" in report
+    assert "| best member alone, test |" in report and "nan" not in report
+    test = results["test_metrics"]
+    assert test["accuracy"] <= test["top3_accuracy"] <= test["top5_accuracy"] <= 1
 
 
 def test_every_check_has_its_verdict(quick):
     checks = quick["results"]["checks"]
-    assert set(checks) == PRE_TRAINING | STEP6_CHECKS
+    assert set(checks) == PRE_TRAINING | STEP6_CHECKS | {"train_test_gap"}  # v13's gap: of the best member
+    best = quick["results"]["choice"]["best_member"]
+    assert checks["train_test_gap"]["details"]["test_accuracy"] == pytest.approx(
+        quick["results"]["best_member_test_accuracy"])
+    assert checks["train_test_gap"]["details"]["train_accuracy"] == member_files(quick, best)[0]["train_metrics"][
+        "accuracy"]
     for name, check in checks.items():
         assert_check_dict(check, name)
     assert all(checks[name]["passed"] for name in set(checks) - {"ensemble_gain"})

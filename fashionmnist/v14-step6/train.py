@@ -1068,8 +1068,11 @@ def probability_metrics(probabilities: torch.Tensor, labels: torch.Tensor, bins:
     confidence, predicted = probabilities.max(1)
     accuracy = (predicted == labels).double().mean().item()
     nll = -probabilities[torch.arange(len(labels)), labels].clamp_min(1e-12).log().mean().item()
+    top = probabilities.topk(5, dim=1).indices
     return {"num_samples": len(labels), "accuracy": accuracy, "accuracy_std_error": (accuracy * (1 - accuracy)
-            / len(labels)) ** 0.5, "loss": nll, "calibration": calibration(confidence, predicted == labels, bins)}
+            / len(labels)) ** 0.5, "loss": nll, "top3_accuracy": (top[:, :3] == labels[:, None]).any(1).double()
+            .mean().item(), "top5_accuracy": (top == labels[:, None]).any(1).double().mean().item(),
+            "calibration": calibration(confidence, predicted == labels, bins)}
 
 
 def record_event(run: Run, event: str, **details) -> None:
@@ -1146,7 +1149,8 @@ def load_member(folder: Path) -> dict:
     return {"member": results["member"], "seed": results["seed"], "folder": folder, "state": state,
             "digest": state_digest(state), "best_epoch": results["best_epoch"],
             "best_val_accuracy": results["best_val_accuracy"], "train_time_s": results["train_time_s"],
-            "all_checks_passed": results["all_checks_passed"], **probabilities}
+            "all_checks_passed": results["all_checks_passed"], "train_metrics": results["train_metrics"],
+            **probabilities}
 
 
 def train_members(run: Run, data: Data) -> list[dict]:
@@ -1306,10 +1310,11 @@ def choose(run: Run, rows: list[dict], members: list[dict], data: Data, test_fil
     return choice
 
 
-def evaluate_on_test(run: Run, raw, members: list[dict], choice: dict) -> None:
+def evaluate_on_test(run: Run, raw, members: list[dict], choice: dict, checks: dict) -> None:
     """The test set, read once, after the choice: the chosen ensemble and (for comparison, not for
-    choosing) the best member alone, their accuracy and calibration. The human baseline's 16 test
-    images are shown here too: before the choice the test files stay closed."""
+    choosing) the best member alone, their accuracy and calibration, and v13's train - test gap of
+    the best member. The human baseline's 16 test images are shown here too: before the choice the
+    test files stay closed."""
     cfg, out = run.cfg, run.out
     record_event(run, "test_read", size=choice["size"], tta=choice["tta"])
     print("\n--- The test set, read once ---")
@@ -1331,6 +1336,12 @@ def evaluate_on_test(run: Run, raw, members: list[dict], choice: dict) -> None:
                                                           choice["size"], choice["tta"]), test_set.labels, bins)
     best = probability_metrics(outputs[choice["best_member"]]["plain"], test_set.labels, bins)
     run.results["calibration"]["test"] = {"best_member": best["calibration"], "ensemble": ensemble["calibration"]}
+    best_member = members[choice["best_member"]]
+    best_test = compute_detailed_metrics(member_model(run, best_member), TensorLoader(test_set, 1024), run.device,
+                                         NUM_CLASSES)
+    checks["train_test_gap"] = compare_train_test_metrics(best_member["train_metrics"], best_test,
+                                                          cfg.max_train_test_gap)
+    print(checks["train_test_gap"].report())
     run.results.update(test_metrics={k: v for k, v in ensemble.items() if k != "calibration"},
                        test_accuracy=ensemble["accuracy"], test_loss=ensemble["loss"],
                        best_member_test_accuracy=best["accuracy"])
@@ -1407,7 +1418,7 @@ def main(argv=None) -> dict:
             check_the_ensemble(run, members, data, checks)
             choice = choose(run, table, members, data, test_file_reads)
             if cfg.test:
-                evaluate_on_test(run, raw, members, choice)
+                evaluate_on_test(run, raw, members, choice, checks)
             check_the_order(run, checks)
             check_test_set(run, raw, data, checks, test_file_reads)
             finish(run)

@@ -351,8 +351,8 @@ def write_report(results: dict, out_path: Path) -> None:
                      f"{'on' if results['choice']['tta'] else 'off'} ({results['best_val_accuracy']:.2%}) |")
         if "best_member_test_accuracy" in results:
             lines.append(f"| best member alone, test | {results['best_member_test_accuracy']:.2%} |")
-        lines.append(f"| members (best epoch, validation accuracy) | " + ", ".join(
-            f"{m['member']}: seed {m['seed']}, {m['best_epoch']}, {m['best_val_accuracy']:.2%}"
+        lines.append("| members: best epoch, validation accuracy | " + "; ".join(
+            f"member {m['member']} (seed {m['seed']}): epoch {m['best_epoch']}, {m['best_val_accuracy']:.2%}"
             for m in results["members"]) + " |")
     if results["baselines"]:  # step 1 switched off: no row rather than a made-up 0.0%
         lines.append(f"| human baseline (reported by the data set's authors) | "
