@@ -1069,9 +1069,11 @@ def probability_metrics(probabilities: torch.Tensor, labels: torch.Tensor, bins:
     accuracy = (predicted == labels).double().mean().item()
     nll = -probabilities[torch.arange(len(labels)), labels].clamp_min(1e-12).log().mean().item()
     top = probabilities.topk(5, dim=1).indices
-    return {"num_samples": len(labels), "accuracy": accuracy, "accuracy_std_error": (accuracy * (1 - accuracy)
-            / len(labels)) ** 0.5, "loss": nll, "top3_accuracy": (top[:, :3] == labels[:, None]).any(1).double()
-            .mean().item(), "top5_accuracy": (top == labels[:, None]).any(1).double().mean().item(),
+    top3 = (top[:, :3] == labels[:, None]).any(1).double().mean().item()
+    top5 = (top == labels[:, None]).any(1).double().mean().item()
+    return {"num_samples": len(labels), "accuracy": accuracy,
+            "accuracy_std_error": (accuracy * (1 - accuracy) / len(labels)) ** 0.5, "loss": nll,
+            "top3_accuracy": top3, "top5_accuracy": top5,
             "calibration": calibration(confidence, predicted == labels, bins)}
 
 
