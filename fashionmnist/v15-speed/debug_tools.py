@@ -1163,7 +1163,8 @@ def learning_curve_verdict(points: list[dict], min_gain: float = 0.003) -> dict:
 # v15-speed: what limits the run's own loop? Measure before optimising.
 # ---------------------------------------------------------------------------
 # What waits for the device: on CUDA the host blocks in these runtime calls (an .item(), .cpu(),
-# print(loss) or a copy from pageable memory ends in one); on a CPU nothing waits, but
+# print(loss) or a copy from pageable memory ends in one; cudaMemcpy is the synchronous copy, the
+# asynchronous ones are not counted); on a CPU nothing waits, but
 # aten::_local_scalar_dense is the same read of a tensor into Python, a sync the moment the
 # loop runs on a GPU. PyTorch's CPU AdamW reads its own step counter (a CPU scalar) for every
 # parameter inside optimizer.step(): no device is waited for, so those are not counted.
@@ -1232,7 +1233,7 @@ def _profile_once(model, loader, steps: int, *, make_optimizer, train_one_epoch,
     optimizer_ranges = [(e.time_range.start, e.time_range.end) for e in events if e.name.startswith("Optimizer.step#")]
     in_steps = [e for e in events if inside(step_ranges, e)]
     scalar_reads = sum(1 for e in in_steps if e.name in SCALAR_READS and not inside(optimizer_ranges, e))
-    cuda_syncs = sum(1 for e in in_steps if e.name.startswith(CUDA_SYNC_CALLS))
+    cuda_syncs = sum(1 for e in in_steps if e.name in CUDA_SYNC_CALLS)
     backward_us = sum(e.cpu_time_total for e in in_steps if e.name.startswith("autograd::engine::evaluate_function"))
     optimizer_us = sum(e.cpu_time_total for e in in_steps if e.name.startswith(("Optimizer.step#", "Optimizer.zero_grad#")))
     kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]

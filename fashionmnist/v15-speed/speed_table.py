@@ -6,6 +6,8 @@ every v15 speed flag off and v12's batch size, learning rate, schedule and epoch
     python speed_table.py                      # seconds per epoch of every row, on this device
     python speed_table.py --full --seeds 0 1 2 # full runs: time to the target, test accuracy (GPU work)
     python speed_table.py --markdown outputs/speed_table/speed_table.json   # the table from a record
+    python speed_table.py --rows 0 1 2 3 --out A; python speed_table.py --rows 4 5 6 --out B
+    python speed_table.py --markdown A/speed_table.json B/speed_table.json      # one table from both
 
 Seconds per epoch: train.py runs each row for --timing-epochs epochs on --train-fraction of the
 training split; the median of the epochs after the first (warm-up, compilation), scaled to the
@@ -120,21 +122,25 @@ def measure(args) -> dict:
 
 
 def markdown(record: dict) -> str:
-    """The table README.md and FAZIT.md quote, from a record of this script."""
+    """The table README.md and FAZIT.md quote, from a record of this script (speed-ups against its
+    first row: v12's loop when row 0 was measured)."""
     base = record["rows"][0]["seconds_per_epoch"]
     lines = [f"{record['device']}, torch {record['torch']}, {record['cpu_threads']} CPU threads, {record['date'][:10]}"
              + ("" if record["full"] else f"; seconds per epoch from {record['train_fraction']:.0%} of the split, "
                                           "scaled to all 55,000 images"),
-             "", "| row | change | s/epoch | speed-up vs v12 | time to target | test accuracy |",
-             "| --- | --- | --- | --- | --- | --- |"]
+             "", "| row | change | s/epoch | speed-up vs row 0 | epochs | s/epoch x epochs | time to target "
+                 "| test accuracy |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in record["rows"]:
         def fmt(stat, scale=1.0, unit=""):
             if not stat:
                 return "not measured"
             return f"{stat['mean'] * scale:.2f}{unit} ± {stat['std'] * scale:.2f} (n={len(stat['values'])})"
+        epochs = train.parse_args(row["flags"]).epochs if "flags" in row else None  # the row's own, not the timing's
         lines.append(f"| {row['row']} | {row['name'].strip()} | {row['seconds_per_epoch']:.2f} | "
-                     f"{base / row['seconds_per_epoch']:.2f}x | {fmt(row.get('time_to_target_s'), 1, ' s')} | "
-                     f"{fmt(row.get('test_accuracy'), 100, '%')} |")
+                     f"{base / row['seconds_per_epoch']:.2f}x | {epochs or '-'} | "
+                     f"{row['seconds_per_epoch'] * epochs if epochs else float('nan'):.0f} s | "
+                     f"{fmt(row.get('time_to_target_s'), 1, ' s')} | {fmt(row.get('test_accuracy'), 100, '%')} |")
     return "\n".join(lines)
 
 
@@ -146,7 +152,8 @@ def parse_args(argv=None):
     p.add_argument("--train-fraction", type=float, default=0.05, help="share of the split timed (without --full)")
     p.add_argument("--timing-epochs", type=int, default=3, help="epochs timed per row (without --full); >= 2")
     p.add_argument("--out", type=Path, default=VERSION_DIR / "outputs" / "speed_table")
-    p.add_argument("--markdown", type=Path, default=None, help="print the table of this record and exit")
+    p.add_argument("--markdown", type=Path, nargs="+", default=None,
+                   help="print the table of these records (rows in order, one device) and exit")
     p.add_argument("extra", nargs="*", help="flags for train.py after --, e.g. -- --device cpu --quick")
     args = p.parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else list(argv)
@@ -160,7 +167,10 @@ def parse_args(argv=None):
 def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.markdown:
-        record = json.loads(args.markdown.read_text())
+        records = [json.loads(path.read_text()) for path in args.markdown]
+        record = {**records[0], "rows": [row for r in records for row in r["rows"]]}
+        if len({r["device"] for r in records}) > 1:
+            raise SystemExit("error: records from different devices cannot share one table")
     else:
         record = measure(args)
     print(markdown(record))

@@ -1010,8 +1010,9 @@ def train(run: Run, data: Data, model, optimizer, scheduler) -> None:
 
 
 def compile_model(model):
-    """torch.compile for the training forward; where the compiler is missing (no C++ toolchain for the
-    CPU, an old GPU) the run says so and trains uncompiled rather than failing."""
+    """torch.compile for the training forward. Where torch.compile itself is refused the run says so
+    and trains uncompiled; compilation happens at the first step, and an error there (no C++
+    toolchain for the CPU, a GPU too old for Triton) stops the run with its message: drop --compile."""
     try:
         return torch.compile(model)
     except Exception as err:  # noqa: BLE001 - any compiler problem: train without it
