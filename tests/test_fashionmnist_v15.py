@@ -251,6 +251,27 @@ def test_the_fast_step_computes_the_plain_steps_loss(v15):
     assert bf16.item() == pytest.approx(plain, rel=2e-2) and bf16.item() != plain
 
 
+def test_the_step_trains_through_the_compiled_forward_it_is_given(v15):
+    """--compile hands training_step the compiled module; like torch.compile's wrapper, this stand-in
+    has no len(), so `forward or model` would raise TypeError (the bug the CPU speed table hit)."""
+    train, cfg = v15["train"], v15["cfg"]
+    torch.manual_seed(0)
+    model, calls = train.ResNet(channels=8, stem_stride=2), []
+
+    class Compiled(torch.nn.Module):
+        def __len__(self):
+            raise TypeError("ResNet does not support len()")
+
+        def forward(self, x):
+            calls.append(len(x))
+            return model(x)
+    optimizer, scheduler = train.make_optimizer(model, cfg, total_steps=2)
+    images, labels = v15["sets"][0][:16]
+    before = model.fc.weight.detach().clone()
+    train.training_step(model, images, labels, optimizer, scheduler, forward=Compiled())
+    assert calls == [16] and not torch.equal(model.fc.weight, before)  # it ran, and the shared weights moved
+
+
 def test_a_sync_free_epoch_records_the_same_losses_as_v12s(v15):
     train, cfg = v15["train"], v15["cfg"]
     records = {}

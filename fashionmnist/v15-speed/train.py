@@ -545,7 +545,7 @@ def training_step(model, images, labels, optimizer, scheduler, diverged_loss: fl
     worst loss once at its end and raises then (the checkpoint on disk is the last good epoch's).
     """
     with mixed_precision(images.device, bf16):
-        logits = (forward or model)(images)
+        logits = (model if forward is None else forward)(images)  # `or` would ask a compiled module its len()
         loss = loss_fn(logits, labels, label_smoothing)
     if not sync_free:
         loss_value = loss.item()
