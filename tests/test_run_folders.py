@@ -34,7 +34,7 @@ from shared import runs
 FASHIONMNIST = ["fashionmnist/v1", "fashionmnist/v2", "fashionmnist/v3", "fashionmnist/v4", "fashionmnist/v5",
                 "fashionmnist/v6", "fashionmnist/v7", "fashionmnist/v8", "fashionmnist/v9-step1",
                 "fashionmnist/v10-step2", "fashionmnist/v11-step3", "fashionmnist/v12-step4", "fashionmnist/v13-step5",
-                "fashionmnist/v14-step6", "exercises/find-the-bugs"]
+                "fashionmnist/v14-step6", "fashionmnist/v15-speed", "exercises/find-the-bugs"]
 IMAGENETTE = ["imagenette/v1", "imagenette/v2", "imagenette/v3", "imagenette/v4", "imagenette/v5",
               "imagenette/v6/v6a", "imagenette/v6/v6b", "imagenette/v7/v7a", "imagenette/v7/v7b", "imagenette/v7/v7c"]
 VERSIONS = FASHIONMNIST + IMAGENETTE
@@ -148,8 +148,10 @@ def test_existing_dir_refuses_a_missing_folder(tmp_path):
 # ---------------------------------------------------------------------------
 def _data_args(version: str, fmnist_dir: Path, imagenette_dir: Path) -> list[str]:
     data = imagenette_dir if version.startswith("imagenette") else fmnist_dir
-    extra = FAST if version in (V10, "fashionmnist/v11-step3", "fashionmnist/v12-step4",
-                                "fashionmnist/v13-step5", "fashionmnist/v14-step6", "exercises/find-the-bugs") else []
+    extra = FAST if version in (V10, "fashionmnist/v11-step3", "fashionmnist/v12-step4", "fashionmnist/v13-step5",
+                                "fashionmnist/v14-step6", "fashionmnist/v15-speed", "exercises/find-the-bugs") else []
+    if version == "fashionmnist/v15-speed":  # its profiler trains a copy at two batch sizes: seconds
+        extra = [*extra, "--no-profile"]
     if version.startswith(("imagenette/v6", "imagenette/v7")):  # the battery's optional checks cost seconds
         extra = ["--no-overfit-test", "--no-batch-independence-test"]
     if version.startswith("imagenette/v7"):  # ResNet50 at 64 px costs a CPU half a minute; the folders do not care
@@ -251,8 +253,11 @@ def test_v10_two_quick_runs_and_a_preflight_keep_three_complete_folders(fmnist_d
 def _start(version_copy: Path, argv: list[str]) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "MPLBACKEND": "Agg", "DATA_OFFLINE": "1",
            "OMP_NUM_THREADS": "1"}
+    # SIGINT back to its default: a shell's background job (`pytest &`) starts with it ignored, and a
+    # Python started with SIGINT ignored never raises KeyboardInterrupt: the test would see exit 0.
     return subprocess.Popen([sys.executable, "-u", "train.py", *argv], cwd=version_copy, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _interrupt_when(proc: subprocess.Popen, marker: str, timeout: float = 120) -> tuple[str, str]:

@@ -9,7 +9,7 @@ device and read once per epoch), channels_last, bf16 autocast, a larger batch wi
 rate scaled and warmed up, torch.compile (optional), and fewer, better epochs (one-cycle).
 
     python train.py               # full run on the real Fashion-MNIST
-    python train.py --cpu-fast    # the preset for two CPU cores: >= 92.5% in <= 3 minutes (FAZIT.md)
+    python train.py --cpu-fast    # the preset for two CPU cores, aimed at >= 92.5% in <= 3 minutes (FAZIT.md)
     python train.py --quick       # every code path in seconds, on a small subset
     python train.py --preflight   # only the checks (and the profile); exit code 1 if one fails
     python train.py --help        # every constant below can be overridden
