@@ -110,6 +110,7 @@ def test_every_check_is_recorded_and_only_the_quick_failures_fail(run):
     assert run["results"]["all_checks_passed"] is False
     stdout = run["stdout"]
     assert f"{len(CHECKS) - 2}/{len(CHECKS)} passed; FAILED: capacity, training_loss_decreases" in stdout
+    assert "(--quick: training_loss_decreases, capacity judge a full run;" in stdout  # a newcomer is told why
     assert re.search(r"^lr_schedule\s+PASS", stdout, re.M) and re.search(r"^capacity\s+FAIL", stdout, re.M)
 
 

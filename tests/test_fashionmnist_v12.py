@@ -140,6 +140,7 @@ def test_every_check_is_recorded_and_only_the_quick_failures_fail(run):
     assert failed == FAIL_IN_QUICK, {name: checks[name]["criterion"] for name in failed}
     stdout = run["stdout"]
     assert f"{len(CHECKS) - 2}/{len(CHECKS)} passed; FAILED: training_loss_decreases, train_test_gap" in stdout
+    assert "(--quick: training_loss_decreases, train_test_gap judge a full run;" in stdout  # and why
     assert "failed as expected" not in stdout
     assert re.search(r"^augmentation\s+PASS", stdout, re.M)
 

@@ -896,6 +896,12 @@ def analyse(run: Run, data: Data, model, checks: dict, filters_at_init: torch.Te
 def print_summary(run: Run, checks: dict) -> None:
     results, out = run.results, run.out
     print_check_summary(checks)
+    # --quick trains one epoch of a few batches: the checks that judge a whole run cannot pass there.
+    judged_on_full_runs = [name for name in ("training_loss_decreases", "capacity", "train_test_gap")
+                           if name in checks and not checks[name].passed]
+    if run.cfg.quick and judged_on_full_runs:
+        print(f"(--quick: {', '.join(judged_on_full_runs)} judge a full run; after a few steps on a small subset "
+              "they are expected to fail. A full run must pass them.)")
     print("\n" + "=" * 78)
     print(f"Best epoch {results['best_epoch']}: validation accuracy {results['best_val_accuracy']:.2%}")
     test = results["test_metrics"]

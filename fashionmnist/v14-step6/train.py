@@ -1374,6 +1374,12 @@ def finish(run: Run) -> None:
 def print_summary(run: Run, checks: dict) -> None:
     results, out = run.results, run.out
     print_check_summary(checks)
+    # --quick trains one epoch of a few batches: the checks that judge a whole run cannot pass there.
+    judged_on_full_runs = [name for name in ("training_loss_decreases", "capacity", "train_test_gap")
+                           if name in checks and not checks[name].passed]
+    if run.cfg.quick and judged_on_full_runs:
+        print(f"(--quick: {', '.join(judged_on_full_runs)} judge a full run; after a few steps on a small subset "
+              "they are expected to fail. A full run must pass them.)")
     choice = results["choice"]
     print("\n" + "=" * 78)
     print(f"{len(results['members'])} members; chosen on validation: the first {choice['size']}, "
