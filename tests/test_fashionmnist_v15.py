@@ -204,7 +204,9 @@ def test_a_tiny_batch_is_overhead_bound_and_the_runs_batch_is_compute_bound(v15)
     planted = profile(v15, channels=4, stem_stride=2, batch_size=4, steps=8)  # and 2, a quarter of it
     assert clean.details["verdict"] == "compute-bound" and clean.passed, clean.criterion
     assert planted.details["verdict"] == "overhead-bound" and not planted.passed, planted.criterion
-    assert planted.details["per_sample_time_ratio"] > clean.details["per_sample_time_ratio"]
+    # The evidence, not timings against each other: per-image ratios of two noisy runs cross under load
+    # (1.76 vs 1.90 in one CI run), the fixed cost's share of a step does not (86-100% vs under 50%).
+    assert planted.details["overhead_share"] > 0.5 > clean.details["overhead_share"]
     assert "larger steps" in planted.hint
 
 
