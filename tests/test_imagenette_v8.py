@@ -466,3 +466,17 @@ def test_defaults_are_v7s_picked_recipe_and_the_member_seeds():
     assert train.member_seed(42, 0) == 42
     seeds = [{train.member_seed(seed, k) for k in range(5)} for seed in (0, 1, 2)]
     assert all(len(s) == 5 for s in seeds) and not (seeds[0] & seeds[1] or seeds[1] & seeds[2])
+
+
+def test_the_readme_quotes_v7s_records_and_no_v8_number():
+    """The decision's table is runs/.../table_final.md, row for row; the numbers quoted from v7's
+    FAZIT are in it; v8's own README and FAZIT say "not measured yet" and quote no v8 accuracy."""
+    readme = (REPO_ROOT / V8 / "README.md").read_text()
+    record = (REPO_ROOT / "runs" / "2026-11-24-h100-imagenette" / "v7" / "table_final.md").read_text()
+    rows = [line for line in readme.splitlines() if line.startswith(("| seed recipe,", "| picked,"))]
+    assert len(rows) == 6 and all(row in record.splitlines() for row in rows)
+    v7_fazit = (REPO_ROOT / "imagenette" / "v7" / "FAZIT.md").read_text()
+    fazit = (REPO_ROOT / V8 / "FAZIT.md").read_text()
+    for quoted in ("76.84% ± 1.11%", "1.07 s per epoch", "84.70% ± 0.24%", "3,119"):
+        assert quoted in v7_fazit and quoted in readme + fazit, quoted
+    assert "not measured yet" in readme.lower() and "not measured yet" in fazit

@@ -13,8 +13,9 @@ Per base run, on validation (its ensemble table):
 - flip TTA, single members: the members' mean accuracy with TTA minus without;
 - flip TTA, on the largest ensemble: with minus without.
 Per --lever NAME RUN ... (runs of the base recipe with one flag changed: --erase-probability,
---trivial-augment, --epochs), paired with the base run of the same --seed: the lever run's
-members' mean validation accuracy minus the base run's.
+--trivial-augment, --epochs), paired with the base run of the same --seed: the mean validation
+accuracy of the lever run's first k members minus the base run's first k (k: the smaller run's
+member count; the same --seed gives the same member seeds, so member pairs share their seed).
 Then the test accuracy of each base run's chosen ensemble and of its best member alone, each read
 once after its run's choice, mean ± std, against the goals (ensemble >= 87.0%, best single model
 >= 85.5%). Writes levers.md and levers.json into --out when given.
@@ -82,8 +83,11 @@ def levers(runs: list[dict], lever_runs: dict[str, list[dict]]) -> dict:
     for name, others in lever_runs.items():
         pairs = [(by_seed[o["seed"]], o) for o in others if o["seed"] in by_seed]
         unpaired += [o["folder"] for o in others if o["seed"] not in by_seed]
+        # the first k members of both runs, k the smaller run's size: the same --seed gives the same member
+        # seeds, so each lever member is compared with the base member of its own seed
         table[f"{name} (members' mean, lever - base, paired by seed)"] = mean_std(
-            [row(o, largest(o), False)["members_mean"] - row(b, largest(b), False)["members_mean"] for b, o in pairs])
+            [row(o, k, False)["members_mean"] - row(b, k, False)["members_mean"]
+             for b, o in pairs for k in [min(largest(o), largest(b))]])
     tested = [run for run in runs if "test_accuracy" in run]
     every = runs + [o for others in lever_runs.values() for o in others]
     return {"levers": table, "unpaired_lever_runs": unpaired,
