@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On the GPU machine, from the repository root (data: .gpu/fashion-mnist, carried):
-#   bash runs/2026-12-06-h100-fashionmnist-v13/run.sh search LIMIT_S SHARDS   # v13's 24 trials, SHARDS processes
-#   bash runs/2026-12-06-h100-fashionmnist-v13/run.sh confirm LIMIT_S          # best 3 + v12's defaults x seeds 0-2
+#   bash runs/2026-12-06-h100-fashionmnist-v13/run.sh search LIMIT_S SHARDS [TRIALS]  # trials 0..TRIALS-1 (24)
+#   bash runs/2026-12-06-h100-fashionmnist-v13/run.sh confirm LIMIT_S [K]  # best K (3) + v12's defaults x seeds 0-2
 # Every process shares the one GPU; one that runs past LIMIT_S gets SIGINT (Ctrl-C: records kept, no
 # half trial recorded). `confirm` trains its 12 runs in parallel with exactly the argv that
 # `search.py --confirm` would use, then runs `search.py --confirm`, which finds them done, picks on
@@ -22,9 +22,9 @@ fi
 Q=${QUICK:+--quick}  # QUICK=1: every code path in minutes on a CPU (a test of this script)
 SECONDS=0
 if [ "$PHASE" = search ]; then
-  SHARDS=$3; PER=$(( (24 + SHARDS - 1) / SHARDS ))
-  for ((first = 0; first < 24; first += PER)); do
-    last=$(( first + PER - 1 < 23 ? first + PER - 1 : 23 ))
+  SHARDS=$3; TRIALS=${4:-24}; PER=$(( (TRIALS + SHARDS - 1) / SHARDS ))
+  for ((first = 0; first < TRIALS; first += PER)); do
+    last=$(( first + PER - 1 < TRIALS - 1 ? first + PER - 1 : TRIALS - 1 ))
     (cd $V && timeout -s INT "$LIMIT" python search.py $Q --trials "$first-$last" --out "$W/search" \
       --data-dir "$DATA" --train-flags "$TRAIN_FLAGS") > "$W/logs/search-$first-$last.log" 2>&1 &
   done
@@ -32,13 +32,14 @@ if [ "$PHASE" = search ]; then
   (cd $V && python search.py $Q --summarise --out "$W/search") > "$W/logs/search-summary.txt" 2>&1
   tail -40 "$W/logs/search-summary.txt"
 else
-  (cd $V && python - "$W/search" "$DATA" "$TRAIN_FLAGS" $Q > "$W/confirm-argv.txt") <<'PY'
+  K=${3:-3}
+  (cd $V && python - "$W/search" "$DATA" "$TRAIN_FLAGS" $K $Q > "$W/confirm-argv.txt") <<'PY'
 import shlex, sys
 from pathlib import Path
 import search
-out, data, flags = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
-args = search.parse_args(["--confirm", "3", "--out", str(out), "--data-dir", data, "--train-flags", flags,
-                          *sys.argv[4:]])
+out, data, flags, k = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+args = search.parse_args(["--confirm", k, "--out", str(out), "--data-dir", data, "--train-flags", flags,
+                          *sys.argv[5:]])
 arms = search.confirm_arms(search.summarise(search.read_trials(out)), args.confirm)
 for seed in args.seeds:
     for arm, arm_flags in arms.items():
@@ -51,7 +52,7 @@ PY
     (cd $V && eval timeout -s INT "$LIMIT" python train.py $argv) > "$W/logs/confirm-$name.log" 2>&1 &
   done < "$W/confirm-argv.txt"
   wait
-  (cd $V && python search.py $Q --confirm 3 --seeds 0 1 2 --out "$W/search" --data-dir "$DATA" \
+  (cd $V && python search.py $Q --confirm $K --seeds 0 1 2 --out "$W/search" --data-dir "$DATA" \
     --train-flags "$TRAIN_FLAGS") > "$W/logs/confirm-summary.txt" 2>&1
   tail -30 "$W/logs/confirm-summary.txt"
 fi
