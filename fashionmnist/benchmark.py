@@ -140,11 +140,12 @@ def load_train(folder: str):
     return module
 
 
-def loop_epoch(name: str, device: torch.device, raw, images: int | None):
+def loop_epoch(name: str, device: torch.device, raw, images: int | None, data_dir: Path | None = None):
     """One version's data, model, optimizer and train_one_epoch with its defaults on `device`; returns a
-    function that runs one epoch (of the first `images` training images, or all) and the image count."""
+    function that runs one epoch (of the first `images` training images, or all) and the image count.
+    v6 loads its own data: it gets --data-dir too, or it would look only in the default places."""
     t = load_train(LOOP_VERSIONS[name])
-    cfg = t.parse_args(["--device", device.type])
+    cfg = t.parse_args(["--device", device.type, *(["--data-dir", str(data_dir)] if data_dir else [])])
     t.set_seed(cfg.seed)
     if name == "v6":
         data = t.load_data(cfg, device)
@@ -174,12 +175,12 @@ def loop_epoch(name: str, device: torch.device, raw, images: int | None):
 
 
 def benchmark_loops(device: torch.device, raw, out: Path, command: str, measured_epochs: int, names: list[str],
-                    images: int | None) -> dict:
+                    images: int | None, data_dir: Path | None = None) -> dict:
     """Seconds per epoch of each version's own loop, the median of `measured_epochs` after one warm-up
     epoch, scaled to the 55,000 training images when --loop-images times fewer."""
     figures = {}
     for name in names:
-        epoch, count = loop_epoch(name, device, raw, images)
+        epoch, count = loop_epoch(name, device, raw, images, data_dir)
 
         def one_epoch():
             with contextlib.redirect_stderr(io.StringIO()):  # no progress bars between the figures
@@ -232,7 +233,7 @@ def main(argv=None) -> None:
             benchmark(torch.device(device), raw, args.out, command, args.measured_epochs)
         if loops:
             benchmark_loops(torch.device(device), raw, args.out, command, args.measured_epochs, loops,
-                            args.loop_images)
+                            args.loop_images, args.data_dir)
 
 
 if __name__ == "__main__":

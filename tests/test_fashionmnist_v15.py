@@ -27,6 +27,7 @@ import functools
 import io
 import json
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -38,6 +39,7 @@ from fmnist_helpers import (  # noqa: F401  (fixtures)
     fmnist_data,
     quick_args,
     read_jsonl,
+    write_generated_fashion_mnist,
 )
 from test_fashionmnist_diffs import definitions, files_of
 
@@ -373,6 +375,33 @@ def test_benchmark_times_the_three_loops_on_the_same_device(fmnist_data, tmp_pat
     for loop in record["loops"].values():
         assert loop["images_timed"] == 64 and loop["seconds_per_epoch"] > 0
     assert "v15  (v15-speed)" in capsys.readouterr().out
+
+
+def test_benchmark_loops_all_read_the_data_dir(tmp_path, monkeypatch):
+    """--data-dir reaches every loop: v6 loads its own data, and once looked only in the default places
+    (on the H100 the benchmark stopped at v6 with "Fashion-MNIST was not found"). Every lookup must
+    name the generated set; its 5,640 training images leave 640 after each version's 5,000 for
+    validation."""
+    import shared.data
+    data = write_generated_fashion_mnist(tmp_path / "generated", n_train=5_640, n_test=64)
+    find = shared.data.fashion_mnist_root
+
+    def only_the_data_dir(data_dir=None, *args, **kwargs):
+        assert data_dir is not None and Path(data_dir) == data, f"a loop looked for the data in {data_dir}"
+        return find(data_dir, *args, **kwargs)
+
+    monkeypatch.setattr(shared.data, "fashion_mnist_root", only_the_data_dir)  # seen by each fresh import
+    sys.path.insert(0, str(REPO_ROOT / "fashionmnist"))
+    try:
+        import benchmark
+        benchmark.main(["--devices", "cpu", "--skip-v10", "--measured-epochs", "1", "--out", str(tmp_path),
+                        "--data-dir", str(data)])
+    finally:
+        sys.path.remove(str(REPO_ROOT / "fashionmnist"))
+        sys.modules.pop("benchmark", None)
+    record = json.loads((tmp_path / "loops_cpu.json").read_text())
+    assert {name: loop["images_timed"] for name, loop in record["loops"].items()} == {"v6": 640, "v12": 640,
+                                                                                      "v15": 640}
 
 
 # ---------------------------------------------------------------------------
