@@ -111,14 +111,15 @@ def test_epoch_timing_and_speed_config_are_recorded(run):
 # The profiler on planted slowdowns, each next to its clean control
 # ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def v15(fmnist_data):
+def v15(fmnist_data, tmp_path_factory):
     with VersionContext(V15) as train:
         import debug_tools
 
         cfg = train.parse_args(["--quick", "--data-dir", str(fmnist_data[0])])
         raw = train.load_raw_data(cfg.data_dir)
         sets = train.split_data(*raw, cfg, torch.device("cpu"))
-        yield {"train": train, "debug_tools": debug_tools, "cfg": cfg, "raw": raw, "sets": sets}
+        out = tmp_path_factory.mktemp("v15_checks")
+        yield {"train": train, "debug_tools": debug_tools, "cfg": cfg, "raw": raw, "sets": sets, "out": out}
 
 
 def profile(v15, *, channels=32, stem_stride=1, step=None, make_loader=None, batch_size=128, sync_free=True,
@@ -231,6 +232,27 @@ def test_uint8_storage_yields_the_float_paths_batches_bit_for_bit(v15):
     assert torch.equal(uint8_images, float_images) and torch.equal(uint8_labels, float_labels)
     other_seed = next(iter(v15["train"].TensorLoader(v15["sets"][0], 64, shuffle=True, seed=4)))
     assert not torch.equal(other_seed[1], uint8_labels)  # the control: the loader's seed matters
+
+
+def test_augmentation_check_allows_the_gpus_rounding_and_still_catches_an_augmented_split(v15):
+    """On the H100 the augmentation check failed on v15's untouched validation batches: CUDA turns
+    uint8 into floats as x * (1/255), one float32 ulp from the CPU's x / 255 in 126 of the 256 pixel
+    values. The same rounding, made on the CPU here, must pass; a flipped validation batch must not."""
+    train, tools, cfg, raw = v15["train"], v15["debug_tools"], v15["cfg"], v15["raw"]
+    originals = train.unaugmented_images(raw, cfg)
+    images, labels = originals["validation"]
+    gpu_rounded = (images * 255).round() * (1 / 255)
+    assert not torch.equal(gpu_rounded, images) and (gpu_rounded - images).abs().max() < 1e-6
+
+    def verdict(validation_images):
+        batches = [(validation_images[i:i + 64], labels[i:i + 64]) for i in range(0, len(labels), 64)]
+        augmentation = train.Augmentation(cfg.crop_padding, cfg.flip_probability, cfg.erase_probability)
+        loader = train.TensorLoader(v15["sets"][0], 64, shuffle=True, seed=0, augment=augmentation)
+        return tools.verify_augmentation(loader, {"validation": batches}, originals,
+                                         expected_changed=augmentation.changed_share(), out_dir=v15["out"])
+    assert verdict(gpu_rounded).passed
+    flipped = verdict(images.flip(-1))
+    assert not flipped.passed and "validation batch at image 0 differs" in flipped.hint + flipped.criterion
 
 
 def losses_of_one_step(v15, images, labels, *, sync_free=True, bf16=False, channels_last=True):
@@ -417,7 +439,7 @@ V15_CHANGED_DEFINITIONS = {
     "train.py": {"FashionMNISTTensors", "random_crop", "random_flip", "random_erasing", "Augmentation", "TensorLoader",
                  "split_data", "ResNet", "mixed_precision", "make_optimizer", "training_step", "train_one_epoch",
                  "parse_args", "start_run", "load_data", "checks_before_training", "train", "analyse", "main"},
-    "debug_tools.py": {"overfit_one_batch", "_own_copy"},
+    "debug_tools.py": {"overfit_one_batch", "_own_copy", "verify_augmentation"},
 }
 
 
