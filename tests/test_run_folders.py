@@ -36,7 +36,8 @@ FASHIONMNIST = ["fashionmnist/v1", "fashionmnist/v2", "fashionmnist/v3", "fashio
                 "fashionmnist/v10-step2", "fashionmnist/v11-step3", "fashionmnist/v12-step4", "fashionmnist/v13-step5",
                 "fashionmnist/v14-step6", "fashionmnist/v15-speed", "exercises/find-the-bugs"]
 IMAGENETTE = ["imagenette/v1", "imagenette/v2", "imagenette/v3", "imagenette/v4", "imagenette/v5",
-              "imagenette/v6/v6a", "imagenette/v6/v6b", "imagenette/v7/v7a", "imagenette/v7/v7b", "imagenette/v7/v7c"]
+              "imagenette/v6/v6a", "imagenette/v6/v6b", "imagenette/v7/v7a", "imagenette/v7/v7b", "imagenette/v7/v7c",
+              "imagenette/v8"]
 VERSIONS = FASHIONMNIST + IMAGENETTE
 V10 = "fashionmnist/v10-step2"
 # v10 and the exercise: the checks that cost seconds, off where a test is about something else
@@ -152,9 +153,9 @@ def _data_args(version: str, fmnist_dir: Path, imagenette_dir: Path) -> list[str
                                 "fashionmnist/v14-step6", "fashionmnist/v15-speed", "exercises/find-the-bugs") else []
     if version == "fashionmnist/v15-speed":  # its profiler trains a copy at two batch sizes: seconds
         extra = [*extra, "--no-profile"]
-    if version.startswith(("imagenette/v6", "imagenette/v7")):  # the battery's optional checks cost seconds
+    if version.startswith(("imagenette/v6", "imagenette/v7", "imagenette/v8")):  # optional checks cost seconds
         extra = ["--no-overfit-test", "--no-batch-independence-test"]
-    if version.startswith("imagenette/v7"):  # ResNet50 at 64 px costs a CPU half a minute; the folders do not care
+    if version.startswith(("imagenette/v7", "imagenette/v8")):  # ResNet50 at 64 px costs a CPU half a minute; the folders do not care
         extra += ["--image-size", "32"]
     return ["--quick", "--preflight", "--device", "cpu", "--data-dir", str(data), *extra]
 
