@@ -155,7 +155,7 @@ def test_first_batch_fails_on_wrong_statistics_its_range_cannot_see(v2, bug):
 
 @pytest.mark.parametrize("version", ["imagenette/v2", "imagenette/v3", "imagenette/v4", "imagenette/v5",
                                      "imagenette/v6/v6a", "imagenette/v6/v6b", "imagenette/v7/v7a",
-                                     "imagenette/v7/v7b", "imagenette/v7/v7c"])
+                                     "imagenette/v7/v7b", "imagenette/v7/v7c", "imagenette/v8"])
 def test_every_normalising_version_judges_its_first_batch_as_normalised(version):
     source = (ROOT / version / "train.py").read_text()
     assert "image_shape=(3, cfg.image_size, cfg.image_size), normalised=True)" in source
