@@ -372,7 +372,8 @@ def test_speed_table_rows_add_one_change_each_and_parse(v15):
                                            "batch_size", "lr", "lr_schedule", "epochs", "compile"}, (name, changed)
         if not name.startswith("  "):
             previous = cfg
-    first, last = vars(train.parse_args(table.row_flags(0))), vars(train.parse_args(table.row_flags(len(table.ROWS) - 1)))
+    last_main = max(i for i, (name, _) in enumerate(table.ROWS) if not name.startswith("  "))
+    first, last = vars(train.parse_args(table.row_flags(0))), vars(train.parse_args(table.row_flags(last_main)))
     assert not (first["uint8_data"] or first["device_augment"] or first["sync_free"])  # v12's loop
     defaults = vars(train.parse_args(["--compile", "--bf16"]))
     assert {k: last[k] for k in defaults} == defaults  # the last row: train.py's defaults, compiled, in bf16
@@ -381,6 +382,25 @@ def test_speed_table_rows_add_one_change_each_and_parse(v15):
                                                {"row": 1, "name": "b", "seconds_per_epoch": 4.0}]}
     text = table.markdown(record)
     assert "| 1 | b | 4.00 | 2.50x | - | nan s | not measured | not measured |" in text
+
+
+def test_cuda_graphs_row_is_compile_mode_reduce_overhead_and_needs_compile(v15, monkeypatch, capsys):
+    """The CUDA-graphs row differs from the compiled row in --compile-mode alone; the mode reaches
+    torch.compile; a mode without --compile is refused, not silently ignored."""
+    table = load_version(V15, "speed_table")
+    train = table.train  # the train.py that speed_table.py drives
+    graphs = len(table.ROWS) - 1
+    assert "CUDA graphs" in table.ROWS[graphs][0]
+    compiled, with_graphs = (vars(train.parse_args(table.row_flags(i))) for i in (graphs - 1, graphs))
+    assert {k for k in compiled if compiled[k] != with_graphs[k]} == {"compile_mode"}
+    assert with_graphs["compile"] and with_graphs["compile_mode"] == "reduce-overhead"
+    asked = {}
+    monkeypatch.setattr(train.torch, "compile", lambda model, **kwargs: asked.update(kwargs) or model)
+    model = torch.nn.Linear(2, 2)
+    assert train.compile_model(model, "reduce-overhead") is model and asked == {"mode": "reduce-overhead"}
+    with pytest.raises(SystemExit) as stop:
+        train.parse_args(["--compile-mode", "reduce-overhead"])
+    assert stop.value.code == 2 and "needs --compile" in capsys.readouterr().err
 
 
 def test_benchmark_times_the_three_loops_on_the_same_device(fmnist_data, tmp_path, capsys):

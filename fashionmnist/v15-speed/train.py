@@ -131,6 +131,11 @@ DEVICE_AUGMENT = True  # augmentation draws its random numbers on the device: no
 SYNC_FREE = True
 CHANNELS_LAST = True  # the batch in channels_last, the layout cuDNN's and oneDNN's fast convolutions want
 COMPILE = False  # torch.compile the training forward (compile time reported apart); off: not everywhere supported
+# --compile's mode. "reduce-overhead" records the compiled step's kernels once as CUDA graphs and
+# replays them: one launch instead of hundreds per step, the fix the profile names for an
+# overhead-bound GPU loop (CUDA only; elsewhere it compiles as "default"). "max-autotune" also
+# searches kernel configurations: minutes of compilation.
+COMPILE_MODE = "default"
 # The stem's stride: 1 keeps 28x28 through stage 1 (v12); 2 halves the image first, ~4x fewer
 # multiply-adds. On two CPU cores the arithmetic is the limit (the profile says so): --cpu-fast uses 2.
 STEM_STRIDE = 1
@@ -658,6 +663,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="batches in the channels_last layout")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=COMPILE,
                    help="torch.compile the training forward; compile time reported apart")
+    p.add_argument("--compile-mode", choices=["default", "reduce-overhead", "max-autotune"], default=COMPILE_MODE,
+                   help="torch.compile's mode with --compile; reduce-overhead: CUDA graphs")
     p.add_argument("--target-accuracy", type=float, default=TARGET_ACCURACY,
                    help="validation accuracy whose first epoch gives time_to_target_s")
     p.add_argument("--val-size", type=int, default=VAL_SIZE, help="training images held out for validation")
@@ -704,6 +711,8 @@ def parse_args(argv=None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} must be in [0, 1]")
     if not 0 <= args.label_smoothing < 1:
         p.error("--label-smoothing must be in [0, 1)")
+    if args.compile_mode != "default" and not args.compile:
+        p.error(f"--compile-mode {args.compile_mode} needs --compile")
     if args.quick:
         args.epochs = min(args.epochs, QUICK_EPOCHS)
         args.baseline_steps = min(args.baseline_steps, QUICK_BASELINE_STEPS)
@@ -789,7 +798,8 @@ def start_run(cfg, argv) -> Run:
           f"dropout {cfg.dropout}, patience {cfg.patience or 'off'}"
           + (f" | training on {cfg.train_fraction:.0%} of the split" if cfg.train_fraction < 1 else ""))
     print(f"speed: uint8 data {cfg.uint8_data}, device augment {cfg.device_augment}, sync-free {cfg.sync_free}, "
-          f"channels_last {cfg.channels_last}, bf16 {cfg.bf16}, compile {cfg.compile}, stem stride {cfg.stem_stride}"
+          f"channels_last {cfg.channels_last}, bf16 {cfg.bf16}, compile {cfg.compile}"
+          + (f" ({cfg.compile_mode})" if cfg.compile else "") + f", stem stride {cfg.stem_stride}"
           + (" | CPU-FAST PRESET" if cfg.cpu_fast else ""))
     print("=" * 78)
     return Run(cfg, out, device, results)
@@ -943,7 +953,7 @@ def train(run: Run, data: Data, model, optimizer, scheduler) -> None:
     cfg, out = run.cfg, run.out
     # --compile: the training forward is compiled (it shares the weights with `model`); the checks,
     # evaluation and checkpoint use the model itself. Compiling happens in the first steps.
-    forward = compile_model(model) if cfg.compile else None
+    forward = compile_model(model, cfg.compile_mode) if cfg.compile else None
     step = functools.partial(training_step, diverged_loss=cfg.diverged_loss, label_smoothing=cfg.label_smoothing,
                              bf16=cfg.bf16, sync_free=cfg.sync_free, forward=forward)
     print("\n--- Training ---")
@@ -1009,12 +1019,12 @@ def train(run: Run, data: Data, model, optimizer, scheduler) -> None:
     run.results["prediction_dynamics"] = tracker.to_dict()
 
 
-def compile_model(model):
+def compile_model(model, mode: str = COMPILE_MODE):
     """torch.compile for the training forward. Where torch.compile itself is refused the run says so
     and trains uncompiled; compilation happens at the first step, and an error there (no C++
     toolchain for the CPU, a GPU too old for Triton) stops the run with its message: drop --compile."""
     try:
-        return torch.compile(model)
+        return torch.compile(model, mode=mode)
     except Exception as err:  # noqa: BLE001 - any compiler problem: train without it
         print(f"--compile unavailable here ({type(err).__name__}: {err}); training uncompiled", file=sys.stderr)
         return None
