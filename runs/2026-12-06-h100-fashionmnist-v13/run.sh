@@ -7,7 +7,9 @@
 # `search.py --confirm` would use, then runs `search.py --confirm`, which finds them done, picks on
 # validation and reads the test set once for the chosen arm. Records (no weights) go to $OUT/records.tgz.
 set -u
-export OMP_NUM_THREADS=1  # up to 12 processes share 16 cores
+# 2026-12-06 ran this with one thread each and 12 shards: 20.8 s per epoch per process, no trial finished
+# (README.md). Three or four shards with two threads each, as v12's records ran at 5.3 s per epoch.
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 PHASE=$1; LIMIT=$2
 W=${WORK:-/tmp/v13}; mkdir -p "$W/logs"
 V=fashionmnist/v13-step5
