@@ -481,3 +481,171 @@ def test_the_readme_quotes_v7s_records_and_no_v8_number():
         assert quoted in v7_fazit and quoted in readme + fazit, quoted
     assert "1.07 / 1.82 / 2.63 s per epoch" in v7_fazit and "1.07 s per epoch" in readme and "1.07 s per epoch" in fazit
     assert "not measured yet" in readme.lower() and "not measured yet" in fazit
+
+
+# ---------------------------------------------------------------------------
+# Seed 002's third option, "v6a + best ResNet": a v6a run imported by import_member.py
+# ---------------------------------------------------------------------------
+V6A = "imagenette/v6/v6a"
+V6A_FAST = ["--image-size", "32", "--no-overfit-test", "--no-batch-independence-test"]  # v8's quick images
+
+
+def importer(folder=V8):
+    """import_member.py of a v8 folder, imported afresh (conftest forgets train.py, not this module)."""
+    import sys
+
+    sys.modules.pop("import_member", None)
+    return load_version(folder, "import_member")
+
+
+def run_import(module, run, out, *extra):
+    """import_member.main, quietly: (the member's results.json or None, exit code, stderr)."""
+    argv = [str(run), "--out", str(out), "--quick", "--image-size", "32", "--device", "cpu", "--data-dir", *extra]
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()) as stderr:
+        try:
+            return module.main(argv), 0, stderr.getvalue()
+        except SystemExit as stop:
+            return None, stop.code, stderr.getvalue()
+
+
+@pytest.fixture(scope="module")
+def v6a_run(quick, tmp_path_factory):
+    """A quick v6a run (v6a's own main, on v8's quick images at 32 px), then its best checkpoint made
+    image-dependent with v6a's own code. One quick epoch leaves BatchNorm's running variance near its
+    initial 1 while the activations are far smaller, so in eval mode the signal dies out by the last
+    stage and every image gets the same outputs (per-image spread ~1e-9): such outputs cannot tell the
+    right evaluation transform from a wrong one. So the running statistics are set from training batches
+    (v6a's model in train mode, cumulative average), the checkpoint is saved in v6a's format with
+    shared.runs.save_checkpoint, and results.json gets v6a's own evaluate() of it on its own loaders, as
+    v6a's train() records its best epoch."""
+    out = tmp_path_factory.mktemp("v6a") / "run"
+    with VersionContext(V6A) as v6a:
+        results, code, stdout, _ = run_main(v6a, quick_args(quick["data_dir"], out, *V6A_FAST))
+        assert code == 0 and results["version"] == V6A, stdout[-2000:]
+        cfg = v6a.parse_args(quick_args(quick["data_dir"], out, *V6A_FAST))
+        data = v6a.load_data(cfg, torch.device("cpu"))
+        checkpoint = torch.load(out / "best_model.pth", weights_only=True)
+        model = v6a.DeeperCNN(dropout=cfg.dropout, final_weight_std=cfg.final_weight_std,
+                              final_bias_std=cfg.final_bias_std)
+        model.load_state_dict(checkpoint["model_state"])
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.reset_running_stats()
+                module.momentum = None
+        model.train()
+        with torch.no_grad():
+            for start in range(0, len(data.train_loader.images), 32):
+                model(data.val_loader.transform(data.train_loader.images[start:start + 32], None))
+        checkpoint["model_state"] = model.state_dict()
+        v6a.save_checkpoint(checkpoint, out / "best_model.pth")
+        (val_loss, val_acc), (test_loss, test_acc) = (v6a.evaluate(model, loader, torch.device("cpu"))
+                                                      for loader in (data.val_loader, data.test_loader))
+    results.update(val_loss=val_loss, best_val_accuracy=val_acc, val_accuracy=val_acc, test_loss=test_loss,
+                   test_accuracy=test_acc)
+    (out / "results.json").write_text(json.dumps(results))
+    return out, results
+
+
+@pytest.fixture(scope="module")
+def imported(quick, v6a_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("v6a-member") / "member"
+    results, code, stderr = run_import(importer(), v6a_run[0], out, str(quick["data_dir"]))
+    assert code == 0, stderr
+    return out, results
+
+
+def nll(probabilities, labels):
+    return -probabilities[torch.arange(len(labels)), labels].log().mean().item()
+
+
+def test_an_imported_v6a_member_is_v6as_own_evaluation_in_v8s_format(quick, v6a_run, imported):
+    """predictions.pt of the imported v6a run: v8's keys, shapes and fingerprint (a v8 member's), and
+    outputs that are v6a's own evaluation of its checkpoint: their accuracy and cross-entropy are what
+    v6a's evaluate() reported on validation and on test, image for image the outputs of v6a's model on
+    v6a's loader, and the flipped half its outputs on the mirror images."""
+    (folder, results), (_, record), labels = imported, v6a_run, quick["labels"]
+    ours = saved(quick, 0)[1]
+    outputs = torch.load(folder / "predictions.pt", weights_only=True)
+    assert set(outputs) == set(ours) and outputs["fingerprint"] == ours["fingerprint"]
+    assert torch.equal(outputs["val_labels"], ours["val_labels"]) and outputs["version"] == V6A
+    for split in ("val", "test"):
+        for which in ("plain", "flipped"):
+            assert outputs[split][which].shape == ours[split][which].shape
+    assert outputs["val"]["plain"].std(0).max() > 1e-3  # outputs that depend on the image (see v6a_run)
+    assert accuracy(outputs["val"]["plain"], labels["val"]) == record["best_val_accuracy"]
+    assert accuracy(outputs["test"]["plain"], labels["test"]) == record["test_accuracy"]
+    assert nll(outputs["val"]["plain"], labels["val"]) == pytest.approx(record["val_loss"], abs=1e-5)
+    assert nll(outputs["test"]["plain"], labels["test"]) == pytest.approx(record["test_loss"], abs=1e-5)
+    with VersionContext(V6A) as v6a:
+        cfg = v6a.parse_args(quick_args(quick["data_dir"], folder, *V6A_FAST))
+        data = v6a.load_data(cfg, torch.device("cpu"))
+        model = v6a.DeeperCNN(dropout=cfg.dropout).eval()
+        model.load_state_dict(torch.load(v6a_run[0] / "best_model.pth", weights_only=True)["model_state"])
+        with torch.no_grad():
+            images = next(iter(data.val_loader))[0]
+            assert torch.allclose(outputs["val"]["plain"], model(images).softmax(1), atol=1e-6)
+            assert torch.allclose(outputs["val"]["flipped"], model(images.flip(3)).softmax(1), atol=1e-6)
+    assert results["reproduces_source"]["passed"] and results["checks"]["tta_flip"]["passed"]
+    assert results["config"]["arch"] == "deepercnn" and results["source"] == str(v6a_run[0])
+    assert digest(folder / "best_model.pth") == digest(v6a_run[0] / "best_model.pth")
+
+
+def test_v6a_plus_a_resnet_member_ensembled_by_train_py(quick, imported, tmp_path):
+    """`--members 0 --add-members V6A-MEMBER RESNET-MEMBER`: both in the table, every check passes (the
+    tta_flip recheck covers the ResNet, the importer checked v6a's), the ensemble of 2 is their mean."""
+    train = load_version(V8)
+    folder = str(imported[0])
+    results, code, stdout, _ = ensemble_saved(train, quick, tmp_path / "mix", folder, member_folders(quick, 0)[0])
+    assert code == 0, stdout[-2000:]
+    assert [(m["name"], m["architecture"]) for m in results["members"]] == [
+        (folder, "deepercnn"), (member_folders(quick, 0)[0], "resnet18")]
+    assert all(c["passed"] for name, c in results["checks"].items() if name != "ensemble_gain")
+    assert results["checks"]["tta_flip"]["details"]["members_checked"] == 1
+    both = [torch.load(f"{f}/predictions.pt", weights_only=True)["val"]["plain"]
+            for f in (folder, member_folders(quick, 0)[0])]
+    row = next(r for r in results["ensemble"]["table"] if r["size"] == 2 and not r["tta"])
+    assert row["val_accuracy"] == accuracy((both[0] + both[1]) / 2, quick["labels"]["val"])
+
+
+@pytest.mark.parametrize("edit, refused_for", [
+    ({"subset_seed": 1, "subset_fingerprint": "0123456789abcdef"}, "subset_fingerprint"),
+    ({"train_fraction": 0.5}, "train_fraction 0.5 (v8: 0.4)"),
+    ({"image_size": 64}, "image_size 64 (v8: 32)"),
+    (None, "holds no best_model.pth"),
+])
+def test_a_v6a_run_of_other_images_or_without_its_checkpoint_is_refused(quick, v6a_run, tmp_path, edit, refused_for):
+    """The planted runs: v6a's record says another subset seed, fraction or image size (its data as
+    results.json recorded it), or the checkpoint is missing: exit 2, one line, nothing written."""
+    run = tmp_path / "run"
+    run.mkdir()
+    record = json.loads((v6a_run[0] / "results.json").read_text())
+    if edit:
+        record["data"].update(edit)
+        shutil.copy2(v6a_run[0] / "best_model.pth", run / "best_model.pth")
+    (run / "results.json").write_text(json.dumps(record))
+    _, code, stderr = run_import(importer(), run, tmp_path / "member", str(quick["data_dir"]))
+    assert code == 2 and stderr.startswith("error: ") and stderr.count("\n") == 1 and refused_for in stderr
+    assert not (tmp_path / "member").exists()
+
+
+def test_an_importer_that_writes_a_wrong_fingerprint_is_refused_by_train_py(quick, v6a_run, tmp_path):
+    """The mutation: import_member.py computes the right outputs but saves v6a's recorded `data` as the
+    fingerprint (no digest of the validation labels). train.py refuses the member (exit 2,
+    predictions_fingerprint names it); the unedited importer's member is accepted (the test above)."""
+    folder = tmp_path / V8
+    shutil.copytree(REPO_ROOT / V8, folder, ignore=shutil.ignore_patterns("outputs", "__pycache__"))
+    (tmp_path / "shared").symlink_to(REPO_ROOT / "shared")
+    (tmp_path / "imagenette" / "v6").symlink_to(REPO_ROOT / "imagenette" / "v6")
+    source = (folder / "import_member.py").read_text()
+    old = '"fingerprint": fingerprint, "member": None'
+    assert source.count(old) == 1
+    (folder / "import_member.py").write_text(source.replace(old, '"fingerprint": record["data"], "member": None'))
+    member = tmp_path / "member"
+    _, code, stderr = run_import(importer(folder), v6a_run[0], member, str(quick["data_dir"]))
+    assert code == 0, stderr
+    train = load_version(V8)
+    results, code, _, stderr = ensemble_saved(train, quick, tmp_path / "mix", str(member), member_folders(quick, 0)[0])
+    assert code == 2 and results["status"] == "refused" and "cannot be averaged" in stderr
+    check = results["checks"]["predictions_fingerprint"]
+    assert not check["passed"] and list(check["details"]["mismatched"]) == [str(member)]
+    assert "val_labels" in check["details"]["mismatched"][str(member)]

@@ -1536,9 +1536,12 @@ def check_the_ensemble(run: Run, members: list[dict], data: Data, checks: dict) 
         checks["members_differ_trained"] = verify_members_differ([m["val"]["plain"] for m in members],
                                                                  [m["digest"] for m in members], stage="trained")
     probe = data.val_loader.transform(data.val_loader.images[:16], None)
+    # Members of v8's own networks are rebuilt and rechecked; an imported v6a member (import_member.py) is a
+    # DeeperCNN that v8 cannot build: the importer ran this check with v6a's model (its results.json).
+    own = [m for m in members if m["config"].get("arch") in ARCHITECTURES]
     checks["tta_flip"] = verify_tta_flip(
-        flip_view, probe.cpu(), recorded=[(probe, m["val"]["flipped"][:16]) for m in members],
-        model_outputs=lambda k, images: outputs_on(member_model(run, members[k]), images.to(run.device)))
+        flip_view, probe.cpu(), recorded=[(probe, m["val"]["flipped"][:16]) for m in own],
+        model_outputs=lambda k, images: outputs_on(member_model(run, own[k]), images.to(run.device)))
     largest = max((r for r in run.results["ensemble"]["table"] if not r["tta"]), key=lambda r: r["size"])
     if largest["size"] > 1:  # one member is no ensemble to judge
         labels = data.val_loader.labels
