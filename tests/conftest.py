@@ -18,7 +18,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-VERSION_MODULES = ("train", "main", "debug_tools", "metrics", "visualization", "scripts", "normalize", "models")
+# Module names that live in version folders; "ensemble" is both fashionmnist/v14-step6's and imagenette/v8's
+# (a worker that imported one served it for the other: a CI failure). The scripts of one version are
+# listed too, so that the next version that reuses a name cannot collide.
+VERSION_MODULES = ("train", "main", "debug_tools", "metrics", "visualization", "scripts", "normalize", "models",
+                   "ensemble", "import_member", "search", "speed_table", "regularize", "learning_curve",
+                   "complexify", "compare_ab", "compare_runs", "summarize")
 
 
 def _forget_version_modules():
