@@ -306,6 +306,51 @@ def test_identical_members_fail_and_the_gain_is_a_warning_not_a_crash(quick, tmp
     assert not (out / quick["TEST_PROBABILITIES_FILE"]).exists() and "test_accuracy" not in results
 
 
+def test_the_summary_names_the_members_failed_checks(quick, tmp_path, monkeypatch):
+    """Each member prints its own checks (v13's) after its training; the run's table holds only the
+    run's. A member's FAIL must reach the summary, or the console shows FAIL and then "17/17 passed".
+    The module run's members, resumed with --no-test: first with every member check passed (the
+    control), then with planted failures: member 0's training_loss_decreases (expected after a few
+    --quick steps, and said so) and member 1's batch_independence_after_training (a real bug: no excuse)."""
+    for k in (0, 1):  # the module run's own records: the summary's list is the members' failed verdicts
+        record = member_files(quick, k)[0]
+        assert quick["results"]["members"][k]["failed_checks"] == [
+            name for name, c in record["checks"].items() if not c["passed"]]
+    train = load_version(V14)
+    plots_off(train, monkeypatch)
+
+    def resumed(name, planted):
+        out = tmp_path / name
+        shutil.copytree(quick["out"] / "members", out / "members")
+        (out / "results.json").write_text(json.dumps({"status": "interrupted", "test_read": False}))
+        for k in (0, 1):
+            path = out / "members" / f"member-{k}" / "results.json"
+            record = json.loads(path.read_text())
+            template = record["checks"]["training_loss_decreases"]
+            record["checks"] = {check: {**template, "name": check, "passed": check not in planted.get(k, ())}
+                                for check in ("training_loss_decreases", "batch_independence_after_training")}
+            path.write_text(json.dumps(record))
+        results, code, stdout, _ = run_main(train, quick_args(out, quick["data_dir"], *FAST, "--resume", "--no-test"))
+        assert code == 0 and [m["kept"] for m in results["members"]] == [True, True], stdout[-2000:]
+        return results, stdout, (out / "REPORT.md").read_text()
+
+    results, stdout, report = resumed("control", {})
+    assert [m["failed_checks"] for m in results["members"]] == [[], []]
+    assert "members' own checks (members/member-K/results.json): all passed in 2 members" in stdout
+    assert "(--quick:" not in stdout and "FAILED its own checks" not in report
+
+    results, stdout, report = resumed("planted", {0: {"training_loss_decreases"},
+                                                  1: {"batch_independence_after_training"}})
+    assert [m["failed_checks"] for m in results["members"]] == [["training_loss_decreases"],
+                                                                ["batch_independence_after_training"]]
+    assert ("members' own checks (members/member-K/results.json): FAILED in member 1/2 (seed 42): "
+            "training_loss_decreases; member 2/2 (seed 1042): batch_independence_after_training") in stdout
+    quick_note = next(line for line in stdout.splitlines() if line.startswith("(--quick:"))
+    assert "training_loss_decreases" in quick_note and "batch_independence" not in quick_note
+    assert ("**member 0 (seed 42) FAILED its own checks: training_loss_decreases**; **member 1 (seed 1042) "
+            "FAILED its own checks: batch_independence_after_training**") in report
+
+
 def test_recorded_tta_outputs_that_are_not_the_mirror_images_fail(quick):
     train = load_version(V14)
     import debug_tools

@@ -1152,7 +1152,7 @@ def load_member(folder: Path) -> dict:
             "digest": state_digest(state), "best_epoch": results["best_epoch"],
             "best_val_accuracy": results["best_val_accuracy"], "train_time_s": results["train_time_s"],
             "all_checks_passed": results["all_checks_passed"], "train_metrics": results["train_metrics"],
-            **probabilities}
+            "failed_checks": [name for name, c in results["checks"].items() if not c["passed"]], **probabilities}
 
 
 def train_members(run: Run, data: Data) -> list[dict]:
@@ -1248,7 +1248,8 @@ def ensemble_table(run: Run, members: list[dict], data: Data) -> list[dict]:
         print(f"  {r['size']:>2}  {'flip' if r['tta'] else '-':<4}{r['val_accuracy']:>9.2%}"
               f"{r['members_mean']:>9.2%}{r['gain']:>+8.2%}{r['disagreement']:>10.2%}{r['val_loss']:>8.4f}{r['ece']:>8.4f}")
     skipped = sorted(set(run.cfg.sizes) - set(sizes))
-    keys = ("member", "seed", "best_epoch", "best_val_accuracy", "train_time_s", "all_checks_passed", "kept")
+    keys = ("member", "seed", "best_epoch", "best_val_accuracy", "train_time_s", "all_checks_passed",
+            "failed_checks", "kept")
     run.results["members"] = [{**{key: m[key] for key in keys}, "folder": str(m["folder"].relative_to(run.out)),
                                "val_accuracy_tta": (member_view(m, True).argmax(1) == labels).double().mean().item()}
                               for m in members]
@@ -1374,9 +1375,18 @@ def finish(run: Run) -> None:
 def print_summary(run: Run, checks: dict) -> None:
     results, out = run.results, run.out
     print_check_summary(checks)
+    # The table holds this run's checks; each member's own (v13's, printed after its training) are in its
+    # results.json. Without this line a member's FAIL scrolls by and the run ends in "all passed".
+    failed_in_members = [f"member {m['member'] + 1}/{len(results['members'])} (seed {m['seed']}): "
+                         f"{', '.join(m['failed_checks'])}" for m in results["members"] if m["failed_checks"]]
+    print("members' own checks (members/member-K/results.json): "
+          + (f"FAILED in {'; '.join(failed_in_members)}" if failed_in_members
+             else f"all passed in {len(results['members'])} members"))
     # --quick trains one epoch of a few batches: the checks that judge a whole run cannot pass there.
+    failed = {name for name in checks if not checks[name].passed} | {
+        name for m in results["members"] for name in m["failed_checks"]}
     judged_on_full_runs = [name for name in ("training_loss_decreases", "capacity", "train_test_gap")
-                           if name in checks and not checks[name].passed]
+                           if name in failed]
     if run.cfg.quick and judged_on_full_runs:
         print(f"(--quick: {', '.join(judged_on_full_runs)} judge a full run; after a few steps on a small subset "
               "they are expected to fail. A full run must pass them.)")

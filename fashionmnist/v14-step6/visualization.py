@@ -367,6 +367,9 @@ def write_report(results: dict, out_path: Path) -> None:
         summary += f"; **FAILED: {', '.join(failed)}**"
     if expected:
         summary += f"; failed as expected: {', '.join(expected)}"
+    if "ensemble" in results:  # the members' own checks are in their REPORT.md; a FAIL there is named here
+        summary += "".join(f"; **member {m['member']} (seed {m['seed']}) FAILED its own checks: "
+                           f"{', '.join(m['failed_checks'])}**" for m in results["members"] if m.get("failed_checks"))
     lines += [
         "",
         "## Checks",
