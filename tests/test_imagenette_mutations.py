@@ -263,3 +263,31 @@ def test_v6a_preflight_fails_on_the_edit(mutation, tmp_path, imagenette_folder, 
     assert results["exit_code"] == 1 and results["status"] == "preflight", stdout[-3000:]
     assert check in failed, f"{mutation}: {check} passed; failed were {sorted(failed)}"
     assert hint_words in failed[check]["hint"], failed[check]["hint"]
+
+
+# ---------------------------------------------------------------------------
+# The summary line names what the training accuracy was measured on
+# ---------------------------------------------------------------------------
+SUMMARY_VERSIONS = ["imagenette/v5", "imagenette/v6/v6a", "imagenette/v6/v6b", "imagenette/v7/v7a",
+                    "imagenette/v7/v7b", "imagenette/v7/v7c"]
+
+
+@pytest.mark.parametrize("version", SUMMARY_VERSIONS)
+def test_summary_says_mixup_batches_only_when_mixup_is_on(version, tmp_path, capsys):
+    # The bug: "train accuracy 91% (on MixUp batches)" printed for --mixup-alpha 0, where the
+    # batches were only augmented; a learner reads the train-validation gap against the wrong batches.
+    from types import SimpleNamespace
+
+    from fmnist_helpers import VersionContext
+
+    results = {"epochs_done": 3, "stopped_early": False, "best_epoch": 2, "train_accuracy": 0.9,
+               "val_accuracy": 0.8, "test_accuracy": 0.79, "test_loss": 0.6, "test_accuracy_se": 0.004,
+               "seconds_per_epoch": 1.0, "images_per_second": 1000.0, "wall_time_s": 5.0, "outputs": []}
+    lines = {}
+    with VersionContext(version) as train:
+        for alpha in (0.2, 0.0):
+            run = SimpleNamespace(results=results, out=tmp_path, cfg=SimpleNamespace(mixup_alpha=alpha))
+            train.print_summary(run, {})
+            lines[alpha] = next(l for l in capsys.readouterr().out.splitlines() if "train accuracy" in l)
+    assert "90.00% (on MixUp batches)" in lines[0.2]
+    assert "90.00% (on augmented batches)" in lines[0.0] and "MixUp" not in lines[0.0]

@@ -1099,7 +1099,8 @@ def print_summary(run: Run, checks: dict) -> None:
     print_check_summary(checks)
     print("\n" + "=" * 78)
     print(f"{results['epochs_done']} epochs{' (stopped early)' if results['stopped_early'] else ''}; best epoch "
-          f"{results['best_epoch']}: train accuracy {results['train_accuracy']:.2%} (on MixUp batches), validation "
+          f"{results['best_epoch']}: train accuracy {results['train_accuracy']:.2%} "
+          f"({'on MixUp batches' if run.cfg.mixup_alpha else 'on augmented batches'}), validation "
           f"{results['val_accuracy']:.2%}, test accuracy {results['test_accuracy']:.2%} "
           f"(test loss {results['test_loss']:.4f}, {results['test_accuracy_se']:.2%} standard error)")
     print(f"{results['seconds_per_epoch']:.1f} s per epoch, {results['images_per_second']:,.0f} training images "
