@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On the GPU machine, from the repository root (data: .gpu/fashion-mnist, carried):
-#   bash runs/2026-12-06-h100-fashionmnist-v12/run.sh BUDGET_S START_BY_S LANE ...
+#   [MPS=1] bash runs/2026-12-06-h100-fashionmnist-v12/run.sh BUDGET_S START_BY_S LANE ...
 # LANE: jobs separated by commas, run one after the other; the lanes run in parallel on the one GPU.
 # JOB: reg:ARM:SEED (python regularize.py --arms ARM --seeds SEED), lc:FRACTION:SEED (python
 # learning_curve.py --fractions FRACTION --seeds SEED) or rep:SEED (python train.py --seed SEED
@@ -17,6 +17,19 @@ W=${WORK:-/tmp/v12}; mkdir -p "$W/logs"
 V=$PWD/fashionmnist/v12-step4
 DATA=$PWD/.gpu/fashion-mnist
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$W/gpu.txt" 2>&1
+# MPS=1: start NVIDIA's multi-process service (a user-space daemon; the GPU's settings stay as
+# they are), so that the lanes' small kernels run side by side instead of in time slices. A
+# 1-tensor probe must pass through it, else the daemon is stopped and the lanes run without.
+if [ "${MPS:-0}" = 1 ]; then
+  export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
+  mkdir -p $CUDA_MPS_PIPE_DIRECTORY $CUDA_MPS_LOG_DIRECTORY
+  if nvidia-cuda-mps-control -d && timeout 60 python -c "import torch; torch.ones(1, device='cuda').sum().item()"; then
+    echo "mps: on" | tee -a "$W/gpu.txt"
+  else
+    echo quit | nvidia-cuda-mps-control 2>/dev/null; unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
+    echo "mps: failed, off" | tee -a "$W/gpu.txt"
+  fi
+fi
 job() {
   IFS=: read -r kind what seed <<< "$1"
   local left=$((BUDGET - SECONDS)) start=$SECONDS log
@@ -44,6 +57,7 @@ lane() {  # a job starts before START_BY and only if the lane's last job, 10% sl
 }
 for l in "$@"; do lane "$l" & done
 wait
+[ -n "${CUDA_MPS_PIPE_DIRECTORY:-}" ] && echo quit | nvidia-cuda-mps-control
 find "$W" -name '*.png' ! -path '*/seed0/*' -delete
 cd "$W" && tar czf "$OUT/records.tgz" --exclude='*.pth' .
 for f in "$W"/logs/*.log; do
