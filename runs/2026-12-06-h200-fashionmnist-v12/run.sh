@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On the GPU machine, from the repository root (data: .gpu/fashion-mnist, carried):
-#   [MPS=1] bash runs/2026-12-06-h100-fashionmnist-v12/run.sh BUDGET_S START_BY_S LANE ...
+#   [MPS=1] bash runs/2026-12-06-h200-fashionmnist-v12/run.sh BUDGET_S START_BY_S LANE ...
 # LANE: jobs separated by commas, run one after the other; the lanes run in parallel on the one GPU.
 # JOB: reg:ARM:SEED (python regularize.py --arms ARM --seeds SEED), lc:FRACTION:SEED (python
 # learning_curve.py --fractions FRACTION --seeds SEED) or rep:SEED (python train.py --seed SEED
