@@ -817,3 +817,64 @@ def test_fashionmnist_v15_gpu_numbers_are_the_records():
 
 def read_losses(path):
     return [loss for line in path.read_text().splitlines() for loss in json.loads(line)["batch_losses"]]
+
+
+def _merge_v12_records(tmp_path):
+    """The folder regularize.py and learning_curve.py summarised: the 2026-12-06 H200 arms and learning-curve
+    shares with the 2026-12-05 +smoothing runs (train.py's defaults; seed 0 is also the curve's 100% point)."""
+    import shutil
+
+    h200 = RUNS / "2026-12-06-h200-fashionmnist-v12" / "records"
+    h100 = RUNS / "2026-12-05-h100-fashionmnist-v12" / "records"
+    arms, curve = tmp_path / "regularize", tmp_path / "learning_curve"
+    for folder in sorted(h200.glob("*-s[0-9]")):
+        name, seed = folder.name.rsplit("-s", 1)
+        target = (curve / f"fraction{name[3:]}" if name.startswith("lc-") else arms / name) / f"seed{seed}"
+        shutil.copytree(folder, target)
+    for seed in (0, 1, 2):
+        shutil.copytree(h100 / f"+smoothing-s{seed}", arms / "+smoothing" / f"seed{seed}")
+    shutil.copytree(h100 / "+smoothing-s0", curve / "fraction1" / "seed0")
+    return h200, arms, curve
+
+
+def test_fashionmnist_v12_ablation_and_learning_curve_are_the_records(tmp_path, capsys):
+    """v12's ablation table and learning curve in FAZIT.md are what the two scripts print over the records,
+    and the early-stopping paragraph is what +smoothing's histories say under train.py's patience rule."""
+    h200, arms, curve = _merge_v12_records(tmp_path)
+    fazit = (REPO_ROOT / "fashionmnist" / "v12-step4" / "FAZIT.md").read_text()
+    summary = load_version("fashionmnist/v12-step4", "regularize").main(["--summarise", "--out", str(arms)])
+    table = (arms / "regularize.md").read_text()
+    assert table == (h200 / "regularize.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| ")]
+    assert len(rows) == 2 + 5 and all(row in fazit for row in rows)
+    assert [r["arm"] for r in summary["rows"]] == ["v11", "+crop-flip", "+erasing", "+weight-decay", "+smoothing"]
+    points = load_version("fashionmnist/v12-step4", "learning_curve").main(["--summarise", "--out", str(curve)])
+    capsys.readouterr()
+    recorded = json.loads((h200 / "learning_curve.json").read_text())
+    assert [p["val_accuracy"] for p in points["points"]] == [p["val_accuracy"] for p in recorded["points"]]
+    for p in points["points"]:
+        assert (f"| {p['fraction']:.0%} | {p['images']} | {100 * p['val_accuracy']:.2f} | "
+                f"{100 * p['train_accuracy']:.2f} | {p['train_s']:.0f} |") in fazit
+    gain = 100 * points["verdict"]["gain_per_doubling"]
+    assert points["verdict"]["verdict"] == "more data would still help"
+    assert f"+{gain:.2f} points of validation accuracy from 50% to" in flat(REPO_ROOT / "fashionmnist" / "v12-step4" /
+                                                                            "FAZIT.md")
+    # early stopping, computed: train.py stops when epoch - best_epoch >= patience (5)
+    best = []
+    for seed in (0, 1, 2):
+        history = [json.loads(line) for line in (arms / "+smoothing" / f"seed{seed}" / "history.jsonl").read_text().splitlines()]
+        best_acc, best_epoch = -1.0, 0
+        for record in history:
+            if record["val_accuracy"] > best_acc:
+                best_acc, best_epoch = record["val_accuracy"], record["epoch"]
+            if record["epoch"] - best_epoch >= 5:
+                break
+        best.append(best_acc)
+        if seed == 0:
+            assert (record["epoch"], best_epoch) == (30, 25)
+            assert f"seed 0 would have stopped at epoch 30 (best {100 * best_acc:.2f}% at epoch 25" in flat(
+                REPO_ROOT / "fashionmnist" / "v12-step4" / "FAZIT.md")
+        else:
+            assert record["epoch"] == 40
+    assert f"That is a mean of {100 * statistics.mean(best):.2f}% against" in flat(
+        REPO_ROOT / "fashionmnist" / "v12-step4" / "FAZIT.md")
