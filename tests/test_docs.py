@@ -878,3 +878,28 @@ def test_fashionmnist_v12_ablation_and_learning_curve_are_the_records(tmp_path, 
             assert record["epoch"] == 40
     assert f"That is a mean of {100 * statistics.mean(best):.2f}% against" in flat(
         REPO_ROOT / "fashionmnist" / "v12-step4" / "FAZIT.md")
+
+
+def test_fashionmnist_v15_other_cpu_numbers_are_the_records():
+    """The AMD EPYC paragraph of v15's FAZIT and its run folder's table come from that folder's records."""
+    amd = RUNS / "2026-12-06-cpu-amd-fashionmnist-v15" / "records"
+    xeon = RUNS / "2026-12-06-cpu-fashionmnist-v15" / "records"
+    rows = {r["row"]: r["seconds_per_epoch"] for r in json.loads((amd / "speed_table_rows_3-5.json").read_text())["rows"]}
+    xeon_rows = {r["row"]: r["seconds_per_epoch"] for name in ("speed_table_rows_0-3.json", "speed_table_rows_4-7.json")
+                 for r in json.loads((xeon / name).read_text())["rows"]}
+    history = [json.loads(line) for line in
+               (amd / "preset-s0-interrupted" / "history.jsonl").read_text().splitlines()]
+    results = json.loads((amd / "preset-s0-interrupted" / "results.json").read_text())
+    assert results["status"] == "interrupted" and results["config"]["epochs"] == 7 and len(history) == 2
+    fazit = flat(REPO_ROOT / "fashionmnist" / "v15-speed" / "FAZIT.md")
+    readme = flat(RUNS / "2026-12-06-cpu-amd-fashionmnist-v15" / "README.md")
+    assert (f"trains at {rows[5]:.2f} s per epoch (speed table row 5, against {xeon_rows[5]:.2f} s on the Xeon), "
+            f"and a `--cpu-fast` run's first two epochs took {history[0]['seconds']:.1f} and "
+            f"{history[1]['seconds']:.1f} s") in fazit
+    assert 7 * statistics.mean(r["seconds"] for r in history) > 180  # "seven epochs are about 200 s"
+    assert (f"bf16 still pays there ({rows[3] / rows[4]:.2f}x over float32, {xeon_rows[3] / xeon_rows[4]:.2f}x "
+            "on the Xeon)") in fazit
+    for row, xeon_value in ((3, None), (4, rows[3] / rows[4]), (5, rows[3] / rows[5])):
+        speed = f" ({xeon_value:.2f}x)" if xeon_value else ""
+        xeon_speed = f" ({xeon_rows[3] / xeon_rows[row]:.2f}x)" if xeon_value else ""
+        assert f"| {rows[row]:.2f} s/epoch{speed} | {xeon_rows[row]:.2f} s/epoch{xeon_speed} |" in readme
