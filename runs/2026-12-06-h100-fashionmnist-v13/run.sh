@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On the GPU machine, from the repository root (data: .gpu/fashion-mnist, carried):
-#   bash runs/2026-12-06-h100-fashionmnist-v13/run.sh search LIMIT_S SHARDS [TRIALS]  # trials 0..TRIALS-1 (24)
+#   [MPS=1] bash runs/2026-12-06-h100-fashionmnist-v13/run.sh search LIMIT_S SHARDS [TRIALS]  # trials 0..TRIALS-1 (24)
 #   bash runs/2026-12-06-h100-fashionmnist-v13/run.sh confirm LIMIT_S [K]  # best K (3) + v12's defaults x seeds 0-2
 # Every process shares the one GPU; one that runs past LIMIT_S gets SIGINT (Ctrl-C: records kept, no
 # half trial recorded). `confirm` trains its 12 runs in parallel with exactly the argv that
@@ -18,6 +18,7 @@ DATA=$PWD/.gpu/fashion-mnist
 # (input-independent baseline, overfit test, batch independence); every run still checks the rest.
 TRAIN_FLAGS="--no-input-independent-baseline --no-overfit-test --no-batch-independence-test"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$W/gpu.txt" 2>&1
+source runs/mps.sh  # MPS=1: the processes share the GPU side by side (runs/mps.sh)
 if [ -d .gpu/v13-search ] && [ ! -d "$W/search/trials" ]; then  # a fresh machine: the last call's records
   mkdir -p "$W/search" && cp -r .gpu/v13-search/trials "$W/search/"
 fi
@@ -58,6 +59,7 @@ PY
     --train-flags "$TRAIN_FLAGS") > "$W/logs/confirm-summary.txt" 2>&1
   tail -30 "$W/logs/confirm-summary.txt"
 fi
+mps_stop
 echo "phase $PHASE: ${SECONDS} s"
 for f in "$W"/logs/*.log; do
   echo "$(basename "$f"): $(tr '\r' '\n' < "$f" | grep -aE '^epoch +[0-9]+/' | tail -1 | cut -c1-110)"
