@@ -14,7 +14,9 @@ Every version imports these, so that a fix reaches all of them at once:
   every file in a run folder is complete.
 * ``stop_cleanly``: Ctrl-C anywhere in a run gives one short message, exit
   code 130, and a results.json that says ``interrupted`` and lists the files
-  that are complete.
+  that are complete. SIGTERM (``kill``, ``timeout``, a cluster's preemption)
+  is handled the same way: it arrives as ``Terminated``, a KeyboardInterrupt,
+  so every phase that keeps its history and checkpoints on Ctrl-C keeps them.
 * ``existing_dir``: an argparse type that refuses a folder that does not exist
   before anything is created (a typo in ``--data-dir`` must not make folders).
 * ``resolve_run_dir``: what tools that read runs accept: a run folder, a
@@ -25,7 +27,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -196,22 +200,37 @@ def remove_temporaries(folder: Path) -> None:
 # ---------------------------------------------------------------------------
 # Ctrl-C anywhere, and bad input
 # ---------------------------------------------------------------------------
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the run is, as Ctrl-C raises KeyboardInterrupt there. Without it a
+    `kill`, a `timeout` or a scheduler's preemption ends Python at once: no results.json saying
+    what happened, no history or checkpoint saved by the phase that was running."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
 @contextmanager
 def stop_cleanly(run):
     """Ctrl-C anywhere inside: results.json says interrupted and lists the complete files,
-    one short message on stderr, exit code 130 (128 + SIGINT, what shells report).
+    one short message on stderr, exit code 130 (128 + SIGINT, what shells report). SIGTERM
+    inside (Terminated) is treated as Ctrl-C, with the same exit code, and named in the message.
 
     `run` has `.out` (the run folder), `.results` (the dict behind results.json) and
     `.save(**updates)` (the run's own way of writing it). A phase that stops the run itself
     (training keeps its history and checkpoint on Ctrl-C or divergence, missing data exits 2)
     raises SystemExit: it passes through, and results.json gets the same list of files.
     """
+    # Only the main thread may set a signal handler; the previous one comes back on the way out.
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
     try:
         yield
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         remove_temporaries(run.out)
         run.save(status="interrupted", exit_code=130, complete_files=_files_with_results(run.out))
-        print(f"\nInterrupted (Ctrl-C). What was complete is kept; {RESULTS_FILE} says status 'interrupted'.\n"
+        which = "SIGTERM" if isinstance(stop, Terminated) else "Ctrl-C"
+        print(f"\nInterrupted ({which}). What was complete is kept; {RESULTS_FILE} says status 'interrupted'.\n"
               f"Run folder: {run.out}", file=sys.stderr)
         raise SystemExit(130) from None
     except SystemExit as stop:
@@ -223,6 +242,9 @@ def stop_cleanly(run):
             run.save(**updates, complete_files=_files_with_results(run.out))
             print(f"Run folder: {run.out}", file=sys.stderr)
         raise
+    finally:
+        if in_main_thread:  # None: the handler was set outside Python, and the default is the nearest
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
     print(f"Run folder: {run.out}")  # the last line: where this run's files are
 
 

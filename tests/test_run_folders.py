@@ -138,6 +138,38 @@ def test_stop_cleanly_marks_the_run_interrupted(tmp_path, capsys):
     assert "Interrupted (Ctrl-C)" in err and err.rstrip().endswith(f"Run folder: {tmp_path}")
 
 
+def test_stop_cleanly_treats_sigterm_as_ctrl_c_and_restores_the_handler(tmp_path, capsys):
+    # The bug: `kill`, `timeout` or a preemption (SIGTERM) ended Python at once, with no results.json
+    # saying so and nothing saved by the phase that was running. Now it arrives as Terminated, a
+    # KeyboardInterrupt, wherever the run is, and the handler before the run comes back after it.
+    class Run:
+        out, results = tmp_path, {"status": "running"}
+
+        def save(self, **updates):
+            self.results.update(updates)
+            runs.write_json(self.out / "results.json", self.results)
+
+    seen = []
+    before = signal.signal(signal.SIGTERM, lambda *_: seen.append("outside"))
+    try:
+        with pytest.raises(SystemExit) as stop:
+            with runs.stop_cleanly(Run()):
+                try:
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    time.sleep(5)  # the handler raises before this ends
+                except KeyboardInterrupt as err:  # what the training loops catch to keep their history
+                    assert isinstance(err, runs.Terminated)
+                    raise
+        assert stop.value.code == 130
+        assert json.loads((tmp_path / "results.json").read_text())["status"] == "interrupted"
+        assert "Interrupted (SIGTERM)" in capsys.readouterr().err
+        os.kill(os.getpid(), signal.SIGTERM)  # after the run: the handler from before it again
+        time.sleep(0.2)
+        assert seen == ["outside"]
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
 def test_existing_dir_refuses_a_missing_folder(tmp_path):
     assert runs.existing_dir(str(tmp_path)) == tmp_path
     with pytest.raises(Exception, match="no such folder: /nonexistent/fmnist"):
@@ -261,23 +293,26 @@ def _start(version_copy: Path, argv: list[str]) -> subprocess.Popen:
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
-def _interrupt_when(proc: subprocess.Popen, marker: str, timeout: float = 120) -> tuple[str, str]:
-    """Send SIGINT once stdout shows `marker`; return (stdout, stderr) after the process ended."""
+def _interrupt_when(proc: subprocess.Popen, marker: str, timeout: float = 120,
+                    sig: int = signal.SIGINT) -> tuple[str, str]:
+    """Send `sig` once stdout shows `marker`; return (stdout, stderr) after the process ended."""
     seen, deadline = [], time.monotonic() + timeout
     for line in proc.stdout:
         seen.append(line)
         if marker in line:
             time.sleep(0.3)  # well inside the phase
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(sig)
             break
         assert time.monotonic() < deadline, "".join(seen)
     out, err = proc.communicate(timeout=timeout)
     return "".join(seen) + out, err
 
 
-@pytest.mark.parametrize("phase, marker", [("checks", "--- Checks before training ---"),
-                                           ("training", "--- Training ---")])
-def test_v10_sigint_from_outside_exits_130_and_keeps_earlier_runs(phase, marker, fmnist_data, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("phase, marker, sig", [("checks", "--- Checks before training ---", signal.SIGINT),
+                                                ("training", "--- Training ---", signal.SIGINT),
+                                                ("training", "--- Training ---", signal.SIGTERM)])
+def test_v10_sigint_from_outside_exits_130_and_keeps_earlier_runs(phase, marker, sig, fmnist_data,  # noqa: F811
+                                                                  tmp_path):
     copy = tmp_path / "fashionmnist" / "v10-step2"
     shutil.copytree(REPO_ROOT / V10, copy, ignore=shutil.ignore_patterns("outputs", "__pycache__"))
     data = ["--device", "cpu", "--data-dir", str(fmnist_data[0])]
@@ -291,8 +326,8 @@ def test_v10_sigint_from_outside_exits_130_and_keeps_earlier_runs(phase, marker,
     if phase == "training":
         argv += ["--no-input-independent-baseline", "--no-overfit-test", "--no-batch-independence-test"]
     proc = _start(copy, argv)
-    out, err = _interrupt_when(proc, marker)
-    assert proc.returncode == 130, out + err
+    out, err = _interrupt_when(proc, marker, sig=sig)
+    assert proc.returncode == 130, out + err  # SIGTERM too: handled as Ctrl-C (shared/runs.py), not a kill
     assert "Traceback" not in err and "Interrupted" in err
     folder = runs.resolve_run_dir(copy / "outputs")
     assert folder != earlier_folder and err.rstrip().endswith(f"Run folder: {folder}")
