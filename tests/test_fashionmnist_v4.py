@@ -239,8 +239,26 @@ def test_modes_fail_when_dropout_stays_on_at_evaluation(v4):
     assert not check.passed and check.value == 2
     assert check.details["problems"] == [
         "eval mode: an image's output depends on the other images of its batch (BatchNorm with batch statistics "
-        "at evaluation)",
+        "at evaluation, randomness such as Dropout, or a forward() that mixes the batch's images, e.g. a reshape "
+        "or mean across the batch)",
         "eval mode: two passes give different outputs (Dropout or other randomness at evaluation)"]
+
+
+def test_modes_fail_when_forward_mixes_the_batch_at_evaluation(v4):
+    # Not BatchNorm, not randomness: a forward() that centres the logits on the batch's mean ties every
+    # image's output to its batch in eval mode too. The problem names that cause beside BatchNorm's.
+    train = v4[0]
+
+    class BatchCentred(train.DeepCNN):
+        def forward(self, x):
+            logits = super().forward(x)
+            return logits - logits.mean(dim=0, keepdim=True)
+
+    check = modes_check(v4, model=BatchCentred())
+    assert not check.passed and check.value == 1
+    assert check.details["eval_pass_difference"] == 0.0  # deterministic: only the batch dependence is wrong
+    assert check.details["problems"][0].startswith("eval mode: an image's output depends on the other images")
+    assert "a forward() that mixes the batch's images" in check.details["problems"][0]
 
 
 def test_modes_fail_when_training_runs_in_eval_mode(v4):

@@ -481,7 +481,8 @@ def verify_train_eval_modes(model, images: torch.Tensor, labels: torch.Tensor, e
         problems.append("train mode: two passes give the same output, so Dropout is not active in training")
     if measured["eval_batch_dependence"] > tolerance:
         problems.append("eval mode: an image's output depends on the other images of its batch "
-                        "(BatchNorm with batch statistics at evaluation)")
+                        "(BatchNorm with batch statistics at evaluation, randomness such as Dropout, or a "
+                        "forward() that mixes the batch's images, e.g. a reshape or mean across the batch)")
     if measured["eval_pass_difference"] > tolerance:
         problems.append("eval mode: two passes give different outputs (Dropout or other randomness at evaluation)")
 
