@@ -2,8 +2,9 @@
 # a user-space daemon (the card's settings stay as they are), so that several training processes'
 # small kernels run side by side instead of taking turns in time slices. A 1-tensor probe must pass
 # through it, else the daemon is stopped and the processes run without it. `mps_stop` after `wait`.
-# Measured with it: runs/2026-12-06-h200-fashionmnist-v12 (six v12 runs at 5.7-6.3 s per epoch each on
-# one H200; without it, three on an H100 had run at 5.3-5.4 s: about twice the throughput, other card).
+# Measured with it: runs/2026-12-06-h200-fashionmnist-v12 (five v12 runs beside the learning-curve jobs
+# at 5.7-6.1 s per epoch each on one H200, ~1 epoch/s in all; without it, three on an H100 had run at
+# 5.3-5.4 s, ~0.57 epoch/s: other card, so a planning figure, not a clean comparison).
 if [ "${MPS:-0}" = 1 ]; then
   export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
   mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
