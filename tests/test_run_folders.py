@@ -118,17 +118,21 @@ def test_writes_are_atomic_and_temporaries_are_not_listed(tmp_path):
     assert not (tmp_path / "curves.png").exists()  # whole or absent
 
 
+class _RunningRun:
+    """What stop_cleanly needs of a run: its folder, its results and its own way of saving them."""
+
+    def __init__(self, out: Path):
+        self.out, self.results = out, {"status": "running"}
+
+    def save(self, **updates):
+        self.results.update(updates)
+        runs.write_json(self.out / "results.json", self.results)
+
+
 def test_stop_cleanly_marks_the_run_interrupted(tmp_path, capsys):
-    class Run:
-        out, results = tmp_path, {"status": "running"}
-
-        def save(self, **updates):
-            self.results.update(updates)
-            runs.write_json(self.out / "results.json", self.results)
-
     (tmp_path / "history.jsonl").write_text('{"epoch": 1}\n')
     with pytest.raises(SystemExit) as stop:
-        with runs.stop_cleanly(Run()):
+        with runs.stop_cleanly(_RunningRun(tmp_path)):
             raise KeyboardInterrupt
     assert stop.value.code == 130
     results = json.loads((tmp_path / "results.json").read_text())
@@ -142,18 +146,11 @@ def test_stop_cleanly_treats_sigterm_as_ctrl_c_and_restores_the_handler(tmp_path
     # The bug: `kill`, `timeout` or a preemption (SIGTERM) ended Python at once, with no results.json
     # saying so and nothing saved by the phase that was running. Now it arrives as Terminated, a
     # KeyboardInterrupt, wherever the run is, and the handler before the run comes back after it.
-    class Run:
-        out, results = tmp_path, {"status": "running"}
-
-        def save(self, **updates):
-            self.results.update(updates)
-            runs.write_json(self.out / "results.json", self.results)
-
     seen = []
     before = signal.signal(signal.SIGTERM, lambda *_: seen.append("outside"))
     try:
         with pytest.raises(SystemExit) as stop:
-            with runs.stop_cleanly(Run()):
+            with runs.stop_cleanly(_RunningRun(tmp_path)):
                 try:
                     os.kill(os.getpid(), signal.SIGTERM)
                     time.sleep(5)  # the handler raises before this ends
