@@ -20,7 +20,7 @@ but never used to decide.
 
     python regularize.py                          # every arm, seeds 0 1 2, on the real Fashion-MNIST
     python regularize.py --quick                  # every code path in seconds (tiny data, 1 epoch)
-    python regularize.py --arms +dropout --seeds 3 --out DIR   # one piece: arms run in parallel this way
+    python regularize.py --arms +dropout --seeds 0 --out DIR   # one arm, one seed: pieces run in parallel this way
     python regularize.py --summarise --out DIR    # the table from the runs already in DIR
 
 Outputs (a new dated folder under outputs/regularize/, or exactly --out): ARM/seedS/ (train.py's
