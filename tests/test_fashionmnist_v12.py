@@ -855,6 +855,32 @@ def test_learning_curve_quick_with_two_shares(run, tmp_path, monkeypatch):
     assert f"Verdict: {verdict['verdict']}" in stdout.getvalue()
 
 
+def test_learning_curve_summary_shows_the_spread_over_seeds(tmp_path):
+    """Several seeds per share: the table prints mean ± sample std and the seed count, one seed prints
+    no spread (a std of one number is not one). Over real records: runs/2026-12-05's +smoothing seeds
+    0 and 1 (train.py's defaults, the curve's 100% point) and one 50% run of 2026-12-06."""
+    import statistics
+
+    from conftest import REPO_ROOT
+    runs = REPO_ROOT / "runs"
+    out = tmp_path / "curve"
+    for seed in (0, 1):
+        shutil.copytree(runs / "2026-12-05-h100-fashionmnist-v12" / "records" / f"+smoothing-s{seed}",
+                        out / "fraction1" / f"seed{seed}")
+    shutil.copytree(runs / "2026-12-06-h200-fashionmnist-v12" / "records" / "lc-0.5-s0", out / "fraction0.5" / "seed0")
+    stdout = io.StringIO()
+    with script("learning_curve") as lc, contextlib.redirect_stdout(stdout):
+        summary = lc.main(["--summarise", "--out", str(out)])
+    full = summary["points"][1]
+    assert full["seeds"] == [0, 1] and len(full["val_accuracies"]) == 2
+    spread = 100 * statistics.stdev(full["val_accuracies"])
+    lines = {line.split()[0]: line for line in stdout.getvalue().splitlines() if line.strip().endswith(
+        tuple("0123456789")) and "%" in line.split()[0]}
+    assert f"{100 * full['val_accuracy']:.2f} ± {spread:.2f}" in lines["100%"] and lines["100%"].split()[2] == "2"
+    assert "±" not in lines["50%"] and lines["50%"].split()[2] == "1"
+    assert_png_has_content(out / "learning_curve.png")
+
+
 @pytest.mark.parametrize("argv", [["--fractions", "0", "1"], ["--fractions", "0.5", "0.5"],
                                   ["--summarise"]])
 def test_learning_curve_bad_flags_exit_2(argv, capsys):

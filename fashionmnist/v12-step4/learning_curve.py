@@ -116,10 +116,13 @@ def main(argv=None) -> dict:
     points = read_points(out)
     verdict = learning_curve_verdict(points, args.min_gain) if len(points) > 1 else {
         "verdict": "one point is no curve", "gain_per_doubling": float("nan")}
-    print("\nshare   images   best val %   train % (last epoch, augmented)   train s")
-    for p in points:
-        print(f"{p['fraction']:>5.0%} {p['images']:>8}   {100 * p['val_accuracy']:>9.2f}   "
-              f"{100 * p['train_accuracy']:>9.2f}{'':>24}{p['train_s']:>7.0f}")
+    print("\nshare   images   seeds   best val % (mean ± std)   train % (last epoch, augmented)   train s")
+    for p in points:  # one seed: no spread to show; the std of several says which digits to trust
+        spread = (f" ± {100 * statistics.stdev(p['val_accuracies']):.2f}" if len(p["val_accuracies"]) > 1
+                  else "")
+        print(f"{p['fraction']:>5.0%} {p['images']:>8}   {len(p['seeds']):>5}   "
+              f"{100 * p['val_accuracy']:>9.2f}{spread:<16}{100 * p['train_accuracy']:>9.2f}{'':>24}"
+              f"{p['train_s']:>7.0f}")
     print(f"\nVerdict: {verdict['verdict']} ({100 * verdict['gain_per_doubling']:+.2f} points of validation accuracy "
           f"per doubling of the data at the end of the curve; threshold {100 * args.min_gain:.1f})")
     plot_learning_curve(points, verdict, out / "learning_curve.png")
