@@ -164,6 +164,10 @@ def plot_learning_curve(points: list[dict], verdict: dict, out_path: Path) -> No
     points = sorted(points, key=lambda p: p["images"])
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot([p["images"] for p in points], [100 * p["val_accuracy"] for p in points], "o-", label="validation")
+    if any(len(p.get("val_accuracies", [])) > 1 for p in points):  # each seed too: the spread behind the mean
+        ax.plot([p["images"] for p in points for _ in p["val_accuracies"]],
+                [100 * v for p in points for v in p["val_accuracies"]], ".", color="C0", alpha=0.5,
+                label="validation, each seed")
     if all("train_accuracy" in p for p in points):
         ax.plot([p["images"] for p in points], [100 * p["train_accuracy"] for p in points], "s--", alpha=0.7,
                 label="training (last epoch, augmented)")
