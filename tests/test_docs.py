@@ -821,67 +821,80 @@ def read_losses(path):
 
 def _merge_v12_records(tmp_path):
     """The folder regularize.py and learning_curve.py summarised: the 2026-12-06 H200 arms and learning-curve
-    shares with the 2026-12-05 +smoothing runs (train.py's defaults; seed 0 is also the curve's 100% point)."""
+    shares, the later 2026-12-06 H100 arms (+dropout, +early-stop) and shares (seeds 1, 2), and the 2026-12-05
+    +smoothing runs (train.py's defaults; seeds 0-2 are also the curve's 100% points)."""
     import shutil
 
     h200 = RUNS / "2026-12-06-h200-fashionmnist-v12" / "records"
+    arms_h100 = RUNS / "2026-12-06-h100-fashionmnist-v12-arms" / "records"
     h100 = RUNS / "2026-12-05-h100-fashionmnist-v12" / "records"
     arms, curve = tmp_path / "regularize", tmp_path / "learning_curve"
-    for folder in sorted(h200.glob("*-s[0-9]")):
+    for folder in [*sorted(h200.glob("*-s[0-9]")), *sorted(arms_h100.glob("*-s[0-9]"))]:
         name, seed = folder.name.rsplit("-s", 1)
+        if name == "repeat":
+            continue
         target = (curve / f"fraction{name[3:]}" if name.startswith("lc-") else arms / name) / f"seed{seed}"
         shutil.copytree(folder, target)
     for seed in (0, 1, 2):
         shutil.copytree(h100 / f"+smoothing-s{seed}", arms / "+smoothing" / f"seed{seed}")
-    shutil.copytree(h100 / "+smoothing-s0", curve / "fraction1" / "seed0")
-    return h200, arms, curve
+        shutil.copytree(h100 / f"+smoothing-s{seed}", curve / "fraction1" / f"seed{seed}")
+    return arms_h100, arms, curve
+
+
+def _history(folder):
+    """A run's history.jsonl without the epochs' wall times: what the run computed, not how fast."""
+    return [{k: v for k, v in json.loads(line).items() if k != "seconds"}
+            for line in (folder / "history.jsonl").read_text().splitlines()]
 
 
 def test_fashionmnist_v12_ablation_and_learning_curve_are_the_records(tmp_path, capsys):
     """v12's ablation table and learning curve in FAZIT.md are what the two scripts print over the records,
-    and the early-stopping paragraph is what +smoothing's histories say under train.py's patience rule."""
-    h200, arms, curve = _merge_v12_records(tmp_path)
+    and the early-stopping and repeat paragraphs are what the runs' histories say."""
+    records, arms, curve = _merge_v12_records(tmp_path)
     fazit = (REPO_ROOT / "fashionmnist" / "v12-step4" / "FAZIT.md").read_text()
+    fazit_flat = flat(REPO_ROOT / "fashionmnist" / "v12-step4" / "FAZIT.md")
     summary = load_version("fashionmnist/v12-step4", "regularize").main(["--summarise", "--out", str(arms)])
     table = (arms / "regularize.md").read_text()
-    assert table == (h200 / "regularize.md").read_text()
+    assert table == (records / "regularize.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith("| ")]
-    assert len(rows) == 2 + 5 and all(row in fazit for row in rows)
-    assert [r["arm"] for r in summary["rows"]] == ["v11", "+crop-flip", "+erasing", "+weight-decay", "+smoothing"]
+    assert len(rows) == 2 + 7 and all(row in fazit for row in rows)
+    assert [r["arm"] for r in summary["rows"]] == ["v11", "+crop-flip", "+erasing", "+weight-decay", "+smoothing",
+                                                   "+dropout", "+early-stop"]
     v11_test = [100 * t for t in summary["rows"][0]["test"]]
-    assert (f"v11's recipe at v12's 40 epochs: {statistics.mean(v11_test):.2f}% ± {statistics.stdev(v11_test):.2f}"
-            in flat(REPO_ROOT / "fashionmnist" / "v12-step4" / "FAZIT.md"))
-    assert max(statistics.mean(r["test"]) for r in summary["rows"]) * 100 < 95.5  # the goal stays missed
+    assert f"v11's recipe at v12's 40 epochs: {statistics.mean(v11_test):.2f}% ± {statistics.stdev(v11_test):.2f}" in fazit_flat
+    best_test = max(summary["rows"], key=lambda r: statistics.mean(r["test"]))
+    assert best_test["arm"] == "+dropout" and not best_test["kept"]
+    assert f"the best test mean of any arm is {100 * statistics.mean(best_test['test']):.2f}% (+dropout" in fazit_flat
+    assert statistics.mean(best_test["test"]) * 100 < 95.5  # the goal stays missed
     points = load_version("fashionmnist/v12-step4", "learning_curve").main(["--summarise", "--out", str(curve)])
     capsys.readouterr()
-    recorded = json.loads((h200 / "learning_curve.json").read_text())
-    assert [p["val_accuracy"] for p in points["points"]] == [p["val_accuracy"] for p in recorded["points"]]
+    recorded = json.loads((records / "learning_curve.json").read_text())
+    assert [p["val_accuracies"] for p in points["points"]] == [p["val_accuracies"] for p in recorded["points"]]
     for p in points["points"]:
-        assert (f"| {p['fraction']:.0%} | {p['images']} | {100 * p['val_accuracy']:.2f} | "
-                f"{100 * p['train_accuracy']:.2f} | {p['train_s']:.0f} |") in fazit
+        assert len(p["seeds"]) == 3
+        assert (f"| {p['fraction']:.0%} | {p['images']} | 3 | {100 * p['val_accuracy']:.2f} ± "
+                f"{100 * statistics.stdev(p['val_accuracies']):.2f} | {100 * p['train_accuracy']:.2f} | "
+                f"{p['train_s']:.0f} |") in fazit
     gain = 100 * points["verdict"]["gain_per_doubling"]
     assert points["verdict"]["verdict"] == "more data would still help"
-    assert f"+{gain:.2f} points of validation accuracy from 50% to" in flat(REPO_ROOT / "fashionmnist" / "v12-step4" /
-                                                                            "FAZIT.md")
-    # early stopping, computed: train.py stops when epoch - best_epoch >= patience (5)
-    best = []
+    assert f"+{gain:.2f} points of validation accuracy from 50% to" in fazit_flat
+    # early stopping (patience 5): each run is +smoothing's, cut short, batch loss for batch loss
+    smoothing = RUNS / "2026-12-05-h100-fashionmnist-v12" / "records"
     for seed in (0, 1, 2):
-        history = [json.loads(line) for line in (arms / "+smoothing" / f"seed{seed}" / "history.jsonl").read_text().splitlines()]
-        best_acc, best_epoch = -1.0, 0
-        for record in history:
-            if record["val_accuracy"] > best_acc:
-                best_acc, best_epoch = record["val_accuracy"], record["epoch"]
-            if record["epoch"] - best_epoch >= 5:
-                break
-        best.append(best_acc)
+        stopped, full = _history(records / f"+early-stop-s{seed}"), _history(smoothing / f"+smoothing-s{seed}")
+        assert stopped == full[:len(stopped)]
+        results = json.loads((records / f"+early-stop-s{seed}" / "results.json").read_text())
+        assert len(stopped) == (30 if seed == 0 else 40)
         if seed == 0:
-            assert (record["epoch"], best_epoch) == (30, 25)
-            assert f"seed 0 would have stopped at epoch 30 (best {100 * best_acc:.2f}% at epoch 25" in flat(
-                REPO_ROOT / "fashionmnist" / "v12-step4" / "FAZIT.md")
-        else:
-            assert record["epoch"] == 40
-    assert f"That is a mean of {100 * statistics.mean(best):.2f}% against" in flat(
-        REPO_ROOT / "fashionmnist" / "v12-step4" / "FAZIT.md")
+            assert (f"Seed 0 stopped at epoch {len(stopped)} (best {100 * results['best_val_accuracy']:.2f}% at epoch "
+                    f"{results['best_epoch']}, against") in fazit_flat
+    # the repeat: train.py --seed 0 again, the same run
+    repeat, first = records / "repeat-s0", smoothing / "+smoothing-s0"
+    assert _history(repeat) == _history(first)
+    test = json.loads((repeat / "results.json").read_text())["test_accuracy"]
+    assert test == json.loads((first / "results.json").read_text())["test_accuracy"]
+    losses = sum(len(epoch["batch_losses"]) for epoch in _history(repeat))
+    assert f"recorded the same {losses:,} batch losses" in fazit_flat and f"the same {100 * test:.2f}% test" in fazit_flat
 
 
 def test_fashionmnist_v15_other_cpu_numbers_are_the_records():
