@@ -897,6 +897,38 @@ def test_fashionmnist_v12_ablation_and_learning_curve_are_the_records(tmp_path, 
     assert f"recorded the same {losses:,} batch losses" in fazit_flat and f"the same {100 * test:.2f}% test" in fazit_flat
 
 
+def test_fashionmnist_v13_search_half_is_the_records(tmp_path, capsys):
+    """v13's FAZIT quotes the first half of the search as search.py --summarise prints it over the trial
+    records, and its reading of the table (learning rates of the best trials, the edge) is what they hold."""
+    import shutil
+
+    records = RUNS / "2026-12-06-h100-fashionmnist-v13-search" / "records"
+    shutil.copytree(records / "trials", tmp_path / "trials")
+    summary = load_version("fashionmnist/v13-step5", "search").main(["--summarise", "--out", str(tmp_path)])
+    capsys.readouterr()
+    table = (tmp_path / "search.md").read_text()
+    assert table == (records / "search.md").read_text()
+    fazit = (REPO_ROOT / "fashionmnist" / "v13-step5" / "FAZIT.md").read_text()
+    fazit_flat = flat(REPO_ROOT / "fashionmnist" / "v13-step5" / "FAZIT.md")
+    rows = [line for line in table.splitlines() if line.startswith("| ")]
+    assert len(rows) == 2 + 12 and all(row in fazit for row in rows)
+    trials = summary["trials"]
+    assert [t["trial"] for t in trials] != sorted(t["trial"] for t in trials)  # ranked, not in trial order
+    assert sorted(t["trial"] for t in trials) == list(range(0, 24, 2)) and all(t["test_set_untouched"] for t in trials)
+    budget = summary["budget"]
+    assert f"12 trials of 20 epochs, {budget['seconds']:.0f} s of process time ({budget['train_seconds']:.0f} s training)" \
+        in fazit_flat
+    assert summary["edge"]["on_edge"] and summary["edge"]["parameters"]["channels"]["edge"] == "high"
+    best5, rest = trials[:5], trials[5:]
+    lrs = sorted(t["config"]["lr"] for t in best5)
+    assert f"The five best trials started their cosine at {lrs[0] * 1e3:.1f}e-3 to {lrs[-1] * 1e3:.1f}e-3" in fazit_flat
+    assert f"(11 to 21 times v12's 3e-4)" in fazit_flat and (round(lrs[0] / 3e-4), round(lrs[-1] / 3e-4)) == (11, 21)
+    assert max(t["config"]["lr"] for t in rest) < min(lrs)  # every other trial ran at a lower learning rate
+    v12_defaults = 0.9425  # v12's FAZIT: 94.25% ± 0.28 best validation, checked against its records above
+    above = [t for t in trials if t["val_accuracy"] > v12_defaults]
+    assert "six trials are above that already" in fazit_flat and len(above) == 6
+
+
 def test_fashionmnist_v15_other_cpu_numbers_are_the_records():
     """The AMD EPYC paragraph of v15's FAZIT and its run folder's table come from that folder's records."""
     amd = RUNS / "2026-12-06-cpu-amd-fashionmnist-v15" / "records"
