@@ -929,6 +929,25 @@ def test_fashionmnist_v13_search_half_is_the_records(tmp_path, capsys):
     assert "six trials are above that already" in fazit_flat and len(above) == 6
 
 
+def test_fashionmnist_v13_width_limit_is_the_record():
+    """Why v13's search stops at 64 channels: the loss at init per width in the record, as FAZIT.md and
+    search.py's SPACE say (96 over loss_at_init's limit for the trial seed, 24-64 under it for every seed)."""
+    folder = RUNS / "2026-12-06-cpu-fashionmnist-v13-init-width"
+    lines = (folder / "output.txt").read_text().splitlines()
+    widths = [int(w) for w in next(line for line in lines if line.startswith("seed")).split()[1:6]]
+    losses = {int(line.split()[0]): dict(zip(widths, map(float, line.split()[1:])))
+              for line in lines if re.match(r"^ *\d+ +\d\.\d{3}", line)}
+    limit = float(next(line for line in lines if line.startswith("limit:")).split("=")[-1])
+    assert sorted(losses) == [0, 1, 42] and widths == [24, 32, 48, 64, 96]
+    assert losses[42][96] > limit and all(loss < limit for row in losses.values() for w, loss in row.items() if w <= 64)
+    below = [loss for row in losses.values() for w, loss in row.items() if w <= 64]
+    fazit = flat(REPO_ROOT / "fashionmnist" / "v13-step5" / "FAZIT.md")
+    assert (f"({losses[42][96]:.3f} for the trial seed 42) is above `loss_at_init`'s limit of {limit:.3f}" in fazit
+            and f"to 64 channels it stays at {min(below):.2f}-{max(below):.2f} over three seeds" in fazit)
+    space = load_version("fashionmnist/v13-step5", "search").SPACE
+    assert space["channels"]["values"] == [24, 32, 48, 64]
+
+
 def test_fashionmnist_v15_other_cpu_numbers_are_the_records():
     """The AMD EPYC paragraph of v15's FAZIT and its run folder's table come from that folder's records."""
     amd = RUNS / "2026-12-06-cpu-amd-fashionmnist-v15" / "records"

@@ -107,6 +107,30 @@ def test_one_record_per_trial_with_config_score_and_seconds(search_run):
         out, k)["best_val_accuracy"])
 
 
+def test_summary_judges_edges_against_the_records_own_space(tmp_path, capsys):
+    """After SPACE was widened (channels up to 64), the first search's records (channels 24-48, best at 48)
+    must still say "edge" in their summary: the verdict that made us widen it. Judged against today's SPACE
+    they would say "inside" and hide why the range changed. Records of two spaces in one folder: exit 2."""
+    import shutil
+
+    from conftest import REPO_ROOT
+    records = REPO_ROOT / "runs" / "2026-12-06-h100-fashionmnist-v13-search" / "records" / "trials"
+    shutil.copytree(records, tmp_path / "trials")
+    with script() as search:
+        old_space = json.loads((records / "trial-0020.json").read_text())["space"]
+        assert old_space["channels"]["values"] == [24, 32, 48] and old_space != search.SPACE
+        summary = search.main(["--summarise", "--out", str(tmp_path)])
+        assert summary["space"] == old_space and summary["best"]["config"]["channels"] == 48
+        assert summary["edge"]["on_edge"] and summary["edge"]["parameters"]["channels"]["edge"] == "high"
+        assert not search.edge_verdict(summary["best"]["config"], search.SPACE)["on_edge"]  # today's SPACE: inside
+        widened = json.loads((records / "trial-0000.json").read_text())
+        widened["trial"], widened["space"] = 1, search.SPACE
+        (tmp_path / "trials" / "trial-0001.json").write_text(json.dumps(widened))
+        with pytest.raises(SystemExit) as stop:
+            search.main(["--summarise", "--out", str(tmp_path)])
+    assert stop.value.code == 2 and "different search spaces" in capsys.readouterr().err
+
+
 def test_every_trial_is_a_no_test_run(search_run):
     for trial in (0, 1):
         results = trial_results(search_run["out"], trial)
@@ -372,7 +396,7 @@ def test_edge_verdict_inside_every_range():
 
 @pytest.mark.parametrize("name, value, side", [("lr", 9.5e-3, "high"), ("lr", 1.5e-4, "low"),
                                                ("weight_decay", 1.2e-3, "low"), ("erase_probability", 0.48, "high"),
-                                               ("label_smoothing", 0.01, "low"), ("channels", 48, "high"),
+                                               ("label_smoothing", 0.01, "low"), ("channels", 64, "high"),
                                                ("channels", 24, "low")])
 def test_edge_verdict_on_the_edge(name, value, side):
     with script() as search:
