@@ -948,6 +948,15 @@ def test_fashionmnist_v13_width_limit_is_the_record():
     assert space["channels"]["values"] == [24, 32, 48, 64]
 
 
+def test_readme_suite_size_and_time_are_the_record():
+    """The README's "N tests in M minutes" is the fresh-clone .ci/run of runs/2026-12-06-cpu-suite."""
+    output = (RUNS / "2026-12-06-cpu-suite" / "output.txt").read_text()
+    passed, skipped, seconds = re.search(r"^(\d+) passed, (\d+) skipped, .*in ([\d.]+)s", output, re.M).groups()
+    assert (f"{int(passed):,} tests passed ({skipped} skipped) in {float(seconds) / 60:.1f} minutes on two CPU cores"
+            in flat(REPO_ROOT / "README.md"))
+    assert "AMD EPYC" in output and "CPU(s):                                  2" in output
+
+
 def test_fashionmnist_v15_other_cpu_numbers_are_the_records():
     """The AMD EPYC paragraph of v15's FAZIT and its run folder's table come from that folder's records."""
     amd = RUNS / "2026-12-06-cpu-amd-fashionmnist-v15" / "records"
