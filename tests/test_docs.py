@@ -957,6 +957,24 @@ def test_readme_suite_size_and_time_are_the_record():
     assert "AMD EPYC" in output and "CPU(s):                                  2" in output
 
 
+def test_fashionmnist_v15_amd_step_breakdown_is_the_record():
+    """The AMD EPYC step timings and profile shares in v15's FAZIT are cpu_step_variants.txt's."""
+    text = (RUNS / "2026-12-06-cpu-amd-fashionmnist-v15" / "records" / "cpu_step_variants.txt").read_text()
+    ms = {m[0]: float(m[1]) for m in re.findall(r"^(eager|relu in place|torch\.compile) +([\d.]+) ms per step", text, re.M)}
+    share = {m[0].strip(): float(m[1]) for m in re.findall(r"^  ([a-z ()]+?) +([\d.]+)%$", text, re.M)}
+    assert len(ms) == 3 and len(share) == 5 and "AMD EPYC" in text
+    conv = share["convolution forward"] + share["convolution backward"]
+    fazit = flat(REPO_ROOT / "fashionmnist" / "v15-speed" / "FAZIT.md")
+    assert (f"the eager step takes {ms['eager']} ms, and the convolutions are {conv:.0f}% of its CPU time (forward "
+            f"{share['convolution forward']}%, backward {share['convolution backward']}%), batch norm "
+            f"{share['batch norm (forward and backward)']}%, ReLU {share['relu (forward and backward)']}%, the residual "
+            f"adds {share['residual add']}%") in fazit
+    assert (f"The ReLUs in place take it to {ms['relu in place']} ms, torch.compile of the forward to "
+            f"{ms['torch.compile']} ms") in fazit
+    gains = [100 * (1 - ms[k] / ms["eager"]) for k in ("relu in place", "torch.compile")]
+    assert "3-4% each" in fazit and [round(g) for g in gains] == [3, 4] and max(gains) < 10
+
+
 def test_fashionmnist_v15_other_cpu_numbers_are_the_records():
     """The AMD EPYC paragraph of v15's FAZIT and its run folder's table come from that folder's records."""
     amd = RUNS / "2026-12-06-cpu-amd-fashionmnist-v15" / "records"
