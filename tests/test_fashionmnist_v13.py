@@ -14,6 +14,8 @@
   message, recorded); a normal run's test_read is true (the watcher sees real reads).
 - edge_verdict both ways (log space for log-sampled ranges), the Welch interval, --confirm with
   train.main replaced (arms, choice on validation, test read for the chosen arm only), the flags.
+- v12's checks, each called on the pieces v13's train.py hands it: passes as they are, fails with
+  its bug planted (tests/fmnist_v13_v15_helpers.py; the mutation tests stop at v12).
 
 Budget: the search fixture trains two quick trials with the input-independent baseline off
 (its ~30 s is v10's and v12's to test); the mutation runs are --preflight with the plots off.
@@ -37,6 +39,7 @@ from fmnist_helpers import (  # noqa: F401  (fixtures)
     fmnist_data,
     quick_args,
 )
+from fmnist_v13_v15_helpers import INHERITED, judge, own_pieces
 
 V13 = "fashionmnist/v13-step5"
 TRAIN_FLAGS = "--no-input-independent-baseline"
@@ -377,6 +380,22 @@ def test_an_analysis_that_evaluates_the_test_loader_is_stopped_by_the_guard(tmp_
     assert results["raised"] == 1 and results["status"] == "failed" and results["test_read"] is True
     assert "error: the test set was used (len()) in a --no-test run" in stderr and "Traceback" not in stderr
     assert "if cfg.test:" in results["error"] and "test_accuracy" not in results
+
+
+# ---------------------------------------------------------------------------
+# v12's checks on v13's own pieces (tests/test_fashionmnist_mutations.py plants them in v10-v12 only)
+# ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def own(fmnist_data, tmp_path_factory):
+    with VersionContext(V13) as train:
+        yield own_pieces(train, fmnist_data[0], tmp_path_factory.mktemp("v13_own"))
+
+
+@pytest.mark.parametrize("check", list(INHERITED))
+def test_inherited_check_passes_on_v13s_pieces_and_fails_on_its_bug(check, own):
+    """Each check gets what v13's checks_before_training (or analyse) gives it, once as it is and
+    once with the check's bug planted (tests/fmnist_v13_v15_helpers.py)."""
+    judge(check, own)
 
 
 # ---------------------------------------------------------------------------

@@ -13,7 +13,9 @@
   --no-test: members_differ fails, the gain is 0 and warned about, no crash); the recorded TTA
   outputs replaced by the plain ones; mutations of train.py on a temp copy, each caught by its
   check in --preflight (a member seed that ignores the member, a TTA view flipped twice, the test
-  files opened with the training data); the order check on planted event records.
+  files opened with the training data, and the same in --no-test, which fails test_set_untouched
+  too); the order check on planted event records; v12's checks on v14's own pieces, each with its
+  bug planted (tests/fmnist_v13_v15_helpers.py).
 - ensemble.py's lever table from the records; the flags.
 
 Budget: the quick runs are --quick with the checks that cost seconds off (v10-v13 test those) and
@@ -40,6 +42,7 @@ from fmnist_helpers import (  # noqa: F401  (fixtures)
     quick_args,
     read_jsonl,
 )
+from fmnist_v13_v15_helpers import INHERITED, judge, own_pieces
 
 V14 = "fashionmnist/v14-step6"
 # the checks that cost seconds off, and half of the quick training subset: 2 batches per member
@@ -457,6 +460,36 @@ def test_preflight_catches_the_planted_bug(mutation, quick, tmp_path, monkeypatc
     failed = {name for name, c in results["checks"].items() if not c["passed"]}
     assert code == 1 and failed == {check}, (failed, stdout[-2000:])
     assert hint in results["checks"][check]["hint"] and f"FAILED: {check}" in stdout
+
+
+def test_a_no_test_preflight_that_reads_the_test_files_fails_test_set_untouched(tmp_path, fmnist_data, monkeypatch):
+    """v13's test_set_untouched, in v14's --no-test mode: the edit of "test files read at load" fails
+    it next to the order check. The unedited --no-test run passes it (the identical-members test)."""
+    old, new, _, _ = MUTATIONS["test files read at load"]
+    folder = copy_with_edit(tmp_path, old, new)
+    _forget_version_modules()
+    train = load_version(folder)
+    plots_off(train, monkeypatch)
+    out = folder / "outputs" / "run"
+    results, code, stdout, _ = run_main(train, quick_args(out, fmnist_data[0], *FAST, "--preflight", "--no-test"))
+    failed = {name for name, c in results["checks"].items() if not c["passed"]}
+    assert code == 1 and failed == {"test_read_after_choice", "test_set_untouched"}, (failed, stdout[-2000:])
+    untouched = results["checks"]["test_set_untouched"]
+    assert untouched["details"]["test_file_reads"] and "load_raw_data(read_test=False)" in untouched["hint"]
+    assert results["test_read"] is True and "FAILED: test_read_after_choice, test_set_untouched" in stdout
+
+
+# v13's checks (v12's and step 5's) run once per ensemble, in check_the_recipe, on v13's code; v14's
+# module run has the slow ones off: here each meets its bug on v14's own pieces.
+@pytest.fixture(scope="module")
+def own(fmnist_data, tmp_path_factory):
+    with VersionContext(V14) as train:
+        yield own_pieces(train, fmnist_data[0], tmp_path_factory.mktemp("v14_own"))
+
+
+@pytest.mark.parametrize("check", list(INHERITED))
+def test_inherited_check_passes_on_v14s_pieces_and_fails_on_its_bug(check, own):
+    judge(check, own)
 
 
 # ---------------------------------------------------------------------------

@@ -8,6 +8,8 @@
   `.item()` (and v12's loop, which reads two values per batch) raises the sync flag; a torch
   DataLoader that decodes PNG images on the CPU per sample is data-bound; a batch of 4 is
   overhead-bound. Each planted case runs next to its clean control with the same model.
+- v12's checks on v15's own pieces (sync-free step, its epoch, uint8 loaders, warm-up schedule): each
+  passes on them and fails with its bug planted (tests/fmnist_v13_v15_helpers.py).
 - The fast path computes what the plain path computes: the same batches from uint8 and float
   storage, the same loss with and without host syncs (bit for bit on the CPU), with and without
   channels_last (float32 rounding), and with bf16 autocast within bf16's tolerance; a whole epoch
@@ -41,6 +43,7 @@ from fmnist_helpers import (  # noqa: F401  (fixtures)
     read_jsonl,
     write_generated_fashion_mnist,
 )
+from fmnist_v13_v15_helpers import INHERITED, judge, own_pieces
 from test_fashionmnist_diffs import definitions, files_of
 
 V12 = "fashionmnist/v12-step4"
@@ -217,6 +220,23 @@ def test_a_tiny_batch_is_overhead_bound_and_the_runs_batch_is_compute_bound(v15)
     # (1.76 vs 1.90 in one CI run), the fixed cost's share of a step does not (86-100% vs under 50%).
     assert planted.details["overhead_share"] > 0.5 > clean.details["overhead_share"]
     assert "larger steps" in planted.hint
+
+
+# ---------------------------------------------------------------------------
+# v12's checks on v15's own step, epoch, loaders and schedule (the mutation tests plant v10-v12 only)
+# ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def own(fmnist_data, tmp_path_factory):
+    with VersionContext(V15) as train:
+        yield own_pieces(train, fmnist_data[0], tmp_path_factory.mktemp("v15_own"))
+
+
+@pytest.mark.parametrize("check", list(INHERITED))
+def test_inherited_check_passes_on_v15s_pieces_and_fails_on_its_bug(check, own):
+    """The sync-free step returns a device tensor, the epoch records its losses at the end, the
+    optimizer starts at the warm-up's LR, overfit_one_batch is v15's: each check, as v15 hands it
+    its pieces, passes on them and fails with its bug planted (tests/fmnist_v13_v15_helpers.py)."""
+    judge(check, own)
 
 
 # ---------------------------------------------------------------------------
