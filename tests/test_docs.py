@@ -815,6 +815,45 @@ def test_fashionmnist_v15_gpu_numbers_are_the_records():
         assert first == again and len(first) == 16 * 108
 
 
+def test_fashionmnist_v15_cuda_graphs_are_the_records():
+    """v15's CUDA-graph rows and paragraph (FAZIT, section 4) come from the 2026-12-07 records: the table
+    from each results.json and history.jsonl, and the claim that the graphs change nothing a run computes
+    from the batch losses and validation figures of the default-mode compiled runs of the same seeds."""
+    import statistics as stats
+
+    graphs = RUNS / "2026-12-07-h100-fashionmnist-v15-cudagraphs" / "records"
+    compiled = RUNS / "2026-12-06-h100-fashionmnist-v15" / "records"
+    fazit = flat(REPO_ROOT / "fashionmnist" / "v15-speed" / "FAZIT.md")
+    per_epoch, without_compile, default_epochs, default_without = [], [], [], []
+    for seed in (1, 2):
+        r = json.loads((graphs / f"cudagraphs-s{seed}" / "results.json").read_text())
+        c = json.loads((compiled / f"compile-s{seed}" / "results.json").read_text())
+        assert r["status"] == "completed" and r["device"] == "cuda (NVIDIA H100 80GB HBM3)" and r["all_checks_passed"]
+        assert r["config"]["compile"] and r["config"]["compile_mode"] == "reduce-overhead"
+        assert {k: v for k, v in r["config"].items() if k not in ("compile_mode", "out")} == \
+               {k: v for k, v in c["config"].items() if k not in ("compile_mode", "out")}
+        history = [json.loads(line) for line in (graphs / f"cudagraphs-s{seed}" / "history.jsonl").read_text().splitlines()]
+        first = next(h for h in history if h["val_accuracy"] >= 0.94)
+        row = (f"| `cudagraphs-s{seed}` | {seed} | {100 * r['test_accuracy']:.2f}% | {100 * r['best_val_accuracy']:.2f}% "
+               f"({r['best_epoch']}) | {r['train_time_s']:.1f} s | {r['compile_s']:.1f} s | "
+               f"{stats.median(h['seconds'] for h in history):.2f} s | {r['time_to_target_s']:.1f} s (epoch {first['epoch']}) |")
+        assert row in fazit, row
+        assert r["test_accuracy"] == c["test_accuracy"] and r["best_val_accuracy"] == c["best_val_accuracy"]
+        computed = [[{k: v for k, v in h.items() if k not in ("seconds", "train_seconds", "since_start_s")}
+                     for h in _history(folder)] for folder in (graphs / f"cudagraphs-s{seed}", compiled / f"compile-s{seed}")]
+        assert computed[0] == computed[1] and set(history[0]) - set(computed[0][0]) == {"seconds", "train_seconds",
+                                                                                       "since_start_s"}
+        assert len(read_losses(graphs / f"cudagraphs-s{seed}" / "history.jsonl")) == 1728
+        per_epoch += [h["seconds"] for h in history[1:]]
+        default_epochs += [json.loads(line)["seconds"] for line in
+                           (compiled / f"compile-s{seed}" / "history.jsonl").read_text().splitlines()[1:]]
+        without_compile.append(f"{r['train_time_s'] - r['compile_s']:.1f} s")
+        default_without.append(f"{c['train_time_s'] - c['compile_s']:.1f} s")
+    assert f"{min(per_epoch):.2f}-{max(per_epoch):.2f} s per epoch after the first, against " \
+           f"{min(default_epochs):.2f}-{max(default_epochs):.2f} s" in fazit
+    assert f"without its compilation {' and '.join(without_compile)} against {' and '.join(default_without)}" in fazit
+
+
 def read_losses(path):
     return [loss for line in path.read_text().splitlines() for loss in json.loads(line)["batch_losses"]]
 
