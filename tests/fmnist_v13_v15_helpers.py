@@ -19,8 +19,11 @@ import functools
 import types
 import warnings
 
+import pytest
 import torch
 import torch.nn as nn
+
+from fmnist_helpers import VersionContext
 
 # The run's flags, not changes of its code: a narrow ResNet and a learning rate at which the clean
 # pieces pass within the budgets below, on the real data and on the generated stand-in (v13's default
@@ -61,6 +64,15 @@ def own_pieces(train, data_dir, out) -> types.SimpleNamespace:
         training_loader=functools.partial(train.TensorLoader, train_set, cfg.batch_size, shuffle=True, seed=cfg.seed,
                                           augment=augmentation, **loader_flags),
         val_loader=train.TensorLoader(val_set, 1024, **loader_flags))
+
+
+def own_fixture(version):
+    """The module fixture `own` of a version's test file: its pieces, built once per module."""
+    @pytest.fixture(scope="module")
+    def own(fmnist_data, tmp_path_factory):
+        with VersionContext(version) as train:
+            yield own_pieces(train, fmnist_data[0], tmp_path_factory.mktemp("own"))
+    return own
 
 
 def model_of(own, seed: int = 0):

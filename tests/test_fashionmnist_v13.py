@@ -39,7 +39,7 @@ from fmnist_helpers import (  # noqa: F401  (fixtures)
     fmnist_data,
     quick_args,
 )
-from fmnist_v13_v15_helpers import INHERITED, judge, own_pieces
+from fmnist_v13_v15_helpers import INHERITED, judge, own_fixture
 
 V13 = "fashionmnist/v13-step5"
 TRAIN_FLAGS = "--no-input-independent-baseline"
@@ -385,10 +385,7 @@ def test_an_analysis_that_evaluates_the_test_loader_is_stopped_by_the_guard(tmp_
 # ---------------------------------------------------------------------------
 # v12's checks on v13's own pieces (tests/test_fashionmnist_mutations.py plants them in v10-v12 only)
 # ---------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def own(fmnist_data, tmp_path_factory):
-    with VersionContext(V13) as train:
-        yield own_pieces(train, fmnist_data[0], tmp_path_factory.mktemp("v13_own"))
+own = own_fixture(V13)
 
 
 @pytest.mark.parametrize("check", list(INHERITED))

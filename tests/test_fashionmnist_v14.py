@@ -42,7 +42,7 @@ from fmnist_helpers import (  # noqa: F401  (fixtures)
     quick_args,
     read_jsonl,
 )
-from fmnist_v13_v15_helpers import INHERITED, judge, own_pieces
+from fmnist_v13_v15_helpers import INHERITED, judge, own_fixture
 
 V14 = "fashionmnist/v14-step6"
 # the checks that cost seconds off, and half of the quick training subset: 2 batches per member
@@ -481,10 +481,7 @@ def test_a_no_test_preflight_that_reads_the_test_files_fails_test_set_untouched(
 
 # v13's checks (v12's and step 5's) run once per ensemble, in check_the_recipe, on v13's code; v14's
 # module run has the slow ones off: here each meets its bug on v14's own pieces.
-@pytest.fixture(scope="module")
-def own(fmnist_data, tmp_path_factory):
-    with VersionContext(V14) as train:
-        yield own_pieces(train, fmnist_data[0], tmp_path_factory.mktemp("v14_own"))
+own = own_fixture(V14)
 
 
 @pytest.mark.parametrize("check", list(INHERITED))

@@ -43,7 +43,7 @@ from fmnist_helpers import (  # noqa: F401  (fixtures)
     read_jsonl,
     write_generated_fashion_mnist,
 )
-from fmnist_v13_v15_helpers import INHERITED, judge, own_pieces
+from fmnist_v13_v15_helpers import INHERITED, judge, own_fixture
 from test_fashionmnist_diffs import definitions, files_of
 
 V12 = "fashionmnist/v12-step4"
@@ -225,10 +225,7 @@ def test_a_tiny_batch_is_overhead_bound_and_the_runs_batch_is_compute_bound(v15)
 # ---------------------------------------------------------------------------
 # v12's checks on v15's own step, epoch, loaders and schedule (the mutation tests plant v10-v12 only)
 # ---------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def own(fmnist_data, tmp_path_factory):
-    with VersionContext(V15) as train:
-        yield own_pieces(train, fmnist_data[0], tmp_path_factory.mktemp("v15_own"))
+own = own_fixture(V15)
 
 
 @pytest.mark.parametrize("check", list(INHERITED))
