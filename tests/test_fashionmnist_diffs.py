@@ -6,6 +6,7 @@ source text of each function, across all four versions and the versions they sha
 from __future__ import annotations
 
 import ast
+import json
 import re
 
 import pytest
@@ -286,16 +287,34 @@ def test_v13_keeps_v12s_code_and_adds_its_idea(file):
     assert changed == V13_CHANGED_DEFINITIONS[file], f"{file}: {sorted(changed)} changed"
 
 
-def test_v13_keeps_v12s_defaults_until_the_search_has_run():
-    """The search has not run on a GPU: every constant of v12's config block has v13's value (comments
-    may point at v12's scripts), but for the checkpoint's name; v13 adds READ_TEST_SET and TEST_FILES."""
+def test_v13s_defaults_are_v12s_but_for_the_searchs_choice():
+    """Every constant of v12's config block keeps its value but the checkpoint's name and the five the
+    search tuned, which are the chosen arm's flags in the confirmation's record (a default typed in by
+    hand, or left at v12's, fails); v13 adds READ_TEST_SET and TEST_FILES."""
     def constants(version):
         return {match.group(1): match.group(2).strip() for line in (REPO_ROOT / version / "train.py").read_text()
                 .splitlines() if (match := re.match(r"([A-Z_0-9]+) = ([^#]*)", line))}
 
     v12, v13 = constants(V12), constants(V13)
     assert len(v12) > 30 and set(v13) - set(v12) == {"READ_TEST_SET", "TEST_FILES"}
-    assert {name: value for name, value in v12.items() if v13[name] != value} == {"MODEL_FILE": '"best_model_v12.pth"'}
+    record = json.loads((REPO_ROOT / "runs/2026-12-07-h100-fashionmnist-v13-widened/records/confirm.json").read_text())
+    chosen = next(row for row in record["rows"] if row["arm"] == record["chosen"])
+    flags = dict(zip(chosen["flags"][::2], chosen["flags"][1::2]))
+    names = {"--lr": "LEARNING_RATE", "--weight-decay": "WEIGHT_DECAY", "--erase-probability": "ERASE_PROBABILITY",
+             "--label-smoothing": "LABEL_SMOOTHING", "--channels": "CHANNELS"}
+    assert set(flags) == set(names)
+    differing = {name: value for name, value in v12.items() if v13[name] != value}
+    assert set(differing) == {"MODEL_FILE", *names.values()}, sorted(differing)
+    for flag, name in names.items():
+        assert float(v13[name]) == float(flags[flag]), (name, v13[name], flags[flag])
+    # search.py's baseline arm spells v12's values out (train.py's defaults are no longer v12's).
+    tree = ast.parse((REPO_ROOT / V13 / "search.py").read_text())
+    baseline = next(ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)
+                    and getattr(node.targets[0], "id", None) == "V12_DEFAULTS")
+    baseline = dict(zip(baseline[::2], baseline[1::2]))
+    assert set(baseline) == set(names)
+    for flag, name in names.items():
+        assert float(baseline[flag]) == float(v12[name]), (flag, baseline[flag], v12[name])
 
 
 def test_v13_copies_v12s_welch_interval():
@@ -317,7 +336,7 @@ V14_NEW_DEFINITIONS = {
                  "ensemble_probabilities", "probability_metrics", "record_event", "refuse_a_second_test_read",
                  "finished_member", "train_member", "load_member", "train_members", "initial_members",
                  "check_the_recipe", "ensemble_table", "member_model", "check_the_ensemble", "choose",
-                 "evaluate_on_test", "check_the_order", "finish"},
+                 "evaluate_on_test", "check_the_order", "finish", "finish_one_member"},
     "debug_tools.py": {"calibration", "pairwise_disagreement", "state_digest", "verify_members_differ",
                        "verify_tta_flip", "verify_test_read_after_choice", "ensemble_gain"},
     "visualization.py": {"ensemble_lines", "plot_ensemble", "plot_calibration"},
@@ -325,7 +344,7 @@ V14_NEW_DEFINITIONS = {
 # What the lesson changes in v13's code; everything else (the members' train(), analyse(), checks) is v13's.
 V14_CHANGED_DEFINITIONS = {
     "train.py": {
-        "parse_args",  # --members, --sizes, --member-seed-stride, --calibration-bins, --resume
+        "parse_args",  # --members, --only-member, --sizes, --member-seed-stride, --calibration-bins, --resume
         "start_run",  # the version, the events record, the members' seeds, no second test read on --resume
         "print_summary", "main",  # the ensemble's phases and summary
     },
@@ -360,7 +379,7 @@ def test_v14_keeps_v13s_code_and_adds_its_idea(file):
 
 
 def test_v14_keeps_v13s_defaults_and_adds_the_ensembles():
-    """Every constant of v13's config block keeps its value (v13's search has not run on a GPU), but for
+    """Every constant of v13's config block keeps its value (the members are v13's tuned recipe), but for
     the checkpoint's name; v14 adds the ensemble's constants and its two probability files."""
     def constants(version):
         return {match.group(1): match.group(2).strip() for line in (REPO_ROOT / version / "train.py").read_text()

@@ -280,6 +280,51 @@ def test_resume_refuses_members_of_other_settings(quick, capsys):
     assert stop.value.code == 2 and "was trained with other settings (lr)" in capsys.readouterr().err
 
 
+def test_only_member_trains_one_member_that_a_resumed_ensemble_keeps(quick, tmp_path, monkeypatch):
+    """--only-member 1 (members side by side, one process each): run A trains member 1 alone, into
+    A/members/member-1 only, and stops ("member trained"), the test set unread. Its folder moved into
+    B/members/, `--resume --out B` keeps it and trains member 0. The module run has the same flags
+    (--quick is 2 members, same seed): member 1 alone is bit for bit its member 1, and B is the module run."""
+    train = load_version(V14)
+    plots_off(train, monkeypatch)
+    state_digest = load_version(V14, "debug_tools").state_digest
+
+    def weights(folder):
+        return state_digest(torch.load(folder / quick["MODEL_FILE"], weights_only=True)["model_state"])
+
+    a, b = tmp_path / "A", tmp_path / "B"
+    results, code, stdout, _ = run_main(train, quick_args(a, quick["data_dir"], *FAST, "--members", "2",
+                                                          "--only-member", "1"))
+    assert code == 0 and results["status"] == "member trained" and results["only_member"] == 1, stdout[-2000:]
+    assert [p.name for p in (a / "members").iterdir()] == ["member-1"]  # no member-0
+    assert [e["event"] for e in results["events"]] == ["members_trained"] and not results.get("test_read")
+    assert not (a / quick["TEST_PROBABILITIES_FILE"]).exists() and "member 1 trained" in stdout
+    alone = a / "members" / "member-1"
+    record = json.loads((alone / "results.json").read_text())
+    assert record["status"] == "completed" and record["member"] == 1 and record["seed"] == 1042
+    assert record["best_val_accuracy"] == results["best_val_accuracy"]
+    # the same member as in the module's two-member run (same flags, same seed, same machine)
+    assert record["best_val_accuracy"] == quick["results"]["members"][1]["best_val_accuracy"]
+    assert weights(alone) == weights(quick["out"] / "members" / "member-1")
+    assert torch.equal(torch.load(alone / quick["PROBABILITIES_FILE"], weights_only=True)["flipped"],
+                       member_files(quick, 1)[1]["flipped"])
+
+    (b / "members").mkdir(parents=True)
+    shutil.move(alone, b / "members" / "member-1")
+    kept = {p.name: digest(p) for p in (b / "members" / "member-1").iterdir()}
+    resumed, code, stdout, _ = run_main(train, quick_args(b, quick["data_dir"], *FAST, "--members", "2", "--resume"))
+    assert code == 0 and resumed["status"] == "completed", stdout[-2000:]
+    assert [(m["member"], m["kept"]) for m in resumed["members"]] == [(0, False), (1, True)]
+    assert "member 1: finished already" in stdout and "member 0: finished already" not in stdout
+    assert resumed["members"][1]["best_val_accuracy"] == results["best_val_accuracy"]
+    assert {p.name: digest(p) for p in (b / "members" / "member-1").iterdir()} == kept
+    assert json.loads((b / "members" / "member-0" / "results.json").read_text())["status"] == "completed"
+    assert weights(b / "members" / "member-0") == weights(quick["out"] / "members" / "member-0")
+    assert resumed["ensemble"]["table"] == quick["results"]["ensemble"]["table"]
+    assert resumed["choice"] == quick["results"]["choice"]
+    assert resumed["test_read"] is True and resumed["test_accuracy"] == quick["results"]["test_accuracy"]
+
+
 # ---------------------------------------------------------------------------
 # The checks fail on their bugs
 # ---------------------------------------------------------------------------
@@ -530,6 +575,11 @@ def test_ensemble_py_tables_the_levers_from_the_records(quick, tmp_path, capsys)
 @pytest.mark.parametrize("argv, message", [
     (["--members", "0"], "--members, --sizes"), (["--sizes", "0"], "--members, --sizes"),
     (["--members", "two"], "invalid int value"), (["--ensemble"], "unrecognized arguments: --ensemble"),
+    (["--members", "2", "--only-member", "2"], "--only-member must be in 0..1 (--members 2)"),
+    (["--members", "2", "--only-member", "-1"], "--only-member must be in 0..1 (--members 2)"),
+    (["--only-member", "5"], "--only-member must be in 0..4 (--members 5)"),
+    # --quick makes the ensemble 2 members: member 2 is not one of them (checked after --quick's cap)
+    (["--quick", "--only-member", "2"], "--only-member must be in 0..1 (--members 2)"),
 ])
 def test_bad_flags_exit_2(argv, message, capsys):
     train = load_version(V14)

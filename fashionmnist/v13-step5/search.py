@@ -19,7 +19,7 @@ one GPU run disjoint trial indices into the same folder:
     python search.py --quick                      # two trials of train.py --quick: code paths in seconds
     python search.py --confirm 3 --seeds 0 1 2 --out DIR   # the best 3 and v12's defaults over seeds
 
---confirm K re-runs the K best configurations and v12's defaults (train.py's, unchanged) as full
+--confirm K re-runs the K best configurations and v12's defaults (V12_DEFAULTS) as full
 train.py runs over --seeds, still --no-test, at train.py's epochs: mean +- std of the best
 validation accuracy and the 95% Welch interval of the difference to the defaults. One lucky
 seed is not a better configuration. The configuration with the best mean validation accuracy
@@ -86,7 +86,11 @@ SEARCH_SEED = 0  # trial k's configuration depends on (this, k) only
 TRIAL_SEED = train.SEED  # every trial the same seed: the same validation split, init and batch order
 OUT_DIR = VERSION_DIR / "outputs" / "search"
 CONFIDENCE = 0.95
-DEFAULTS_ARM = "v12-defaults"  # --confirm's baseline: train.py's defaults, which are v12's
+DEFAULTS_ARM = "v12-defaults"  # --confirm's baseline: v12's defaults, spelled out as flags
+# train.py's defaults are the search's choice since it ran (FAZIT.md); "(no flags)" would now confirm
+# the chosen configuration against itself.
+V12_DEFAULTS = ["--lr", "0.0003", "--weight-decay", "0.05", "--erase-probability", "0.5",
+                "--label-smoothing", "0.1", "--channels", "32"]
 
 
 def sample_config(search_seed: int, trial: int) -> dict:
@@ -342,7 +346,7 @@ def welch_interval(a: list[float], b: list[float], confidence: float = CONFIDENC
 
 def confirm_arms(summary: dict, k: int) -> dict:
     """{arm: the train.py flags of its configuration}: v12's defaults, then the K best trials."""
-    arms = {DEFAULTS_ARM: []}
+    arms = {DEFAULTS_ARM: list(V12_DEFAULTS)}
     for t in [t for t in summary["trials"] if t["val_accuracy"] is not None][:k]:
         arms[f"trial-{t['trial']:04d}"] = config_flags(t["config"])
     return arms
