@@ -968,6 +968,74 @@ def test_fashionmnist_v13_search_half_is_the_records(tmp_path, capsys):
     assert "six trials are above that already" in fazit_flat and len(above) == 6
 
 
+def test_fashionmnist_v13_widened_search_and_confirmation_are_the_records(tmp_path, capsys):
+    """v13's result (FAZIT.md and README.md): the widened search as search.py --summarise prints it over
+    the trial records, its reading (width, learning rate, the repeated trials), and the confirmation's
+    table, per-seed test figures and missed goal as confirm.json holds them."""
+    import shutil
+    import statistics as stats
+
+    records = RUNS / "2026-12-07-h100-fashionmnist-v13-widened" / "records"
+    first = RUNS / "2026-12-06-h100-fashionmnist-v13-search" / "records"
+    shutil.copytree(records / "trials", tmp_path / "trials")
+    summary = load_version("fashionmnist/v13-step5", "search").main(["--summarise", "--out", str(tmp_path)])
+    capsys.readouterr()
+    table = (tmp_path / "search.md").read_text()
+    assert table == (records / "search.md").read_text()
+    fazit = (REPO_ROOT / "fashionmnist" / "v13-step5" / "FAZIT.md").read_text()
+    fazit_flat = flat(REPO_ROOT / "fashionmnist" / "v13-step5" / "FAZIT.md")
+    readme_flat = flat(REPO_ROOT / "fashionmnist" / "v13-step5" / "README.md")
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| ---")]
+    assert len(rows) == 1 + 24
+    for row in rows[1:11]:  # the ten best, without best epoch, seconds and test-set columns
+        assert "| " + " | ".join(cell.strip() for cell in row.split("|")[1:9]) + " |" in fazit, row
+    trials = summary["trials"]
+    assert sorted(t["trial"] for t in trials) == list(range(24)) and all(t["test_set_untouched"] for t in trials)
+    assert not summary["edge"]["on_edge"] and "the best lies inside every searched range" in fazit_flat
+    budget = summary["budget"]
+    assert f"24 trials of 20 epochs, {budget['seconds']:.0f} s of process time ({budget['train_seconds']:.0f} s training)" \
+        in fazit_flat
+    best9, narrow = trials[:9], [t for t in trials if t["config"]["channels"] < 48]  # ranked, best first
+    assert {t["config"]["channels"] for t in best9} == {48, 64} and narrow[0] == trials[9]
+    assert (f"The nine best trials all have 48 or 64 channels ({100 * best9[-1]['val_accuracy']:.2f}-"
+            f"{100 * best9[0]['val_accuracy']:.2f}%); the best 24- or 32-channel trial reached "
+            f"{100 * narrow[0]['val_accuracy']:.2f}%") in fazit_flat
+    lrs = sorted(t["config"]["lr"] for t in best9)
+    assert f"The nine best span {lrs[0]:.1e} to {lrs[-1]:.1e}".replace("e-0", "e-") in fazit_flat
+    low = sorted((t for t in trials if t["config"]["lr"] < 2e-4), key=lambda t: t["val_accuracy"])
+    assert len(low) == 3 and low[:2] == trials[:-3:-1]
+    assert f"below 2e-4 reached {100 * low[0]['val_accuracy']:.2f}-{100 * low[-1]['val_accuracy']:.2f}%, two of them " \
+        "the two worst of all" in fazit_flat
+    # The repeated configurations: the same histories as in the first search, but for the seconds.
+    earlier = {json.loads(f.read_text())["trial"]: json.loads(f.read_text()) for f in (first / "trials").glob("*.json")}
+    same = sorted(t["trial"] for t in trials if t["trial"] in earlier and earlier[t["trial"]]["config"] == t["config"])
+    assert same == [0, 2, 4, 8, 10, 12, 14, 18, 20] and "Nine trials drew the same configuration" in fazit_flat
+    for trial in same:
+        histories = [[{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in
+                      (folder / "runs" / f"trial-{trial:04d}" / "history.jsonl").read_text().splitlines()]
+                     for folder in (records, first)]
+        assert histories[0] == histories[1] and len(histories[0]) == 20
+    # The confirmation.
+    confirm = json.loads((records / "confirm.json").read_text())
+    for row in (records / "confirm.md").read_text().splitlines():
+        if row.startswith("| ") and not row.startswith("| ---"):
+            assert row in fazit, row
+    chosen = next(row for row in confirm["rows"] if row["arm"] == confirm["chosen"])
+    assert confirm["chosen"] == "trial-0020" and all(r.get("resolved", True) for r in confirm["rows"])
+    test = [100 * a for a in chosen["test"]]
+    assert f"**94.79% ± 0.08 test accuracy** over seeds 0-2 ({', '.join(f'{a:.2f}' for a in test)}%)" in fazit_flat
+    assert f"{stats.mean(test):.2f}% ± {stats.stdev(test):.2f}" == "94.79% ± 0.08"
+    assert f"missed by 1.0 point** (by {95.8 - stats.mean(test):.2f} on the mean)" in fazit_flat
+    val = [100 * a for a in chosen["best_val"]]
+    assert f"{stats.mean(val):.2f}% ± {stats.stdev(val):.2f} best validation" in readme_flat
+    assert "**94.79% ± 0.08 test accuracy** (v12: 93.80% ± 0.13)" in readme_flat and "+1.37 points [+0.79, +1.94]" \
+        in readme_flat and "missed by 1.0 point" in readme_flat
+    for run in (records / "confirm").glob("*/seed*/results.json"):
+        r = json.loads(run.read_text())
+        assert r["status"] == "completed" and r["all_checks_passed"] and r["device"] == "cuda (NVIDIA H100 80GB HBM3)"
+        assert r["torch_version"] == "2.11.0+cu130" and r["date"].startswith("2026-12-07") and r["config"]["epochs"] == 40
+
+
 def test_fashionmnist_v13_width_limit_is_the_record():
     """Why v13's search stops at 64 channels: the loss at init per width in the record, as FAZIT.md and
     search.py's SPACE say (96 over loss_at_init's limit for the trial seed, 24-64 under it for every seed)."""
