@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# On the GPU machine, from the repository root (data: .gpu/fashion-mnist or .gpu/fm-xz, carried):
+# On the GPU machine, from the repository root (data: runs/fm-data.sh):
 #   [MPS=1] bash runs/2026-12-06-h100-fashionmnist-v13/run.sh search LIMIT_S SHARDS [TRIALS]  # trials 0..TRIALS-1 (24)
 #   bash runs/2026-12-06-h100-fashionmnist-v13/run.sh confirm LIMIT_S [K]  # best K (3) + v12's defaults x seeds 0-2
 # Every process shares the one GPU; one that runs past LIMIT_S gets SIGINT (Ctrl-C: records kept, no
@@ -14,11 +14,7 @@ PHASE=$1; LIMIT=$2
 W=${WORK:-/tmp/v13}; mkdir -p "$W/logs"
 V=fashionmnist/v13-step5
 DATA=$PWD/.gpu/fashion-mnist
-# The tree (39 MB of records by 2026-12-07) plus the four .gz files (30 MB) is over a call's 64 MiB:
-# carry .gpu/fm-xz instead, the same files recompressed with `xz -9e` (26 MB), unpacked here once.
-if [ -d .gpu/fm-xz ] && [ ! -f "$DATA/t10k-labels-idx1-ubyte.gz" ]; then
-  mkdir -p "$DATA" && for f in .gpu/fm-xz/*.xz; do xz -dc "$f" | gzip -1 > "$DATA/$(basename "$f" .xz).gz"; done
-fi
+source runs/fm-data.sh  # the data from what the call carried (.gpu/fm-xz, or two halves)
 # The lesson's checks are not what a trial measures: each trial skips the three slow ones
 # (input-independent baseline, overfit test, batch independence); every run still checks the rest.
 TRAIN_FLAGS="--no-input-independent-baseline --no-overfit-test --no-batch-independence-test"

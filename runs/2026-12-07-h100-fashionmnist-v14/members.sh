@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# On the GPU machine, from the repository root (data: .gpu/fashion-mnist or .gpu/fm-xz, carried):
+# On the GPU machine, from the repository root (data: runs/fm-data.sh):
 #   [MPS=1] MEMBER_FLAGS="--lr ... --channels ..." bash runs/2026-12-07-h100-fashionmnist-v14/members.sh LIMIT_S
 # run.sh's three 5-member ensembles (seeds 0-2) with every member in a process of its own: 15 processes
 # side by side (train.py --only-member K), each member moved into its ensemble's folder, then per seed the
@@ -13,9 +13,7 @@ LIMIT=$1; FLAGS=${MEMBER_FLAGS:-}; MEMBERS=${MEMBERS:-5}; SEEDS=${SEEDS:-0 1 2} 
 W=${WORK:-/tmp/v14}; mkdir -p "$W/logs"
 V=fashionmnist/v14-step6
 DATA=$PWD/.gpu/fashion-mnist
-if [ -d .gpu/fm-xz ] && [ ! -f "$DATA/t10k-labels-idx1-ubyte.gz" ]; then  # see the v13 run.sh
-  mkdir -p "$DATA" && for f in .gpu/fm-xz/*.xz; do xz -dc "$f" | gzip -1 > "$DATA/$(basename "$f" .xz).gz"; done
-fi
+source runs/fm-data.sh  # the data from what the call carried (.gpu/fm-xz, or two halves)
 # A member process runs v13's checks except the three slow ones; the ensemble run afterwards runs all.
 SKIP="--no-input-independent-baseline --no-overfit-test --no-batch-independence-test"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$W/gpu.txt" 2>&1

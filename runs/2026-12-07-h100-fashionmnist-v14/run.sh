@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# On the GPU machine, from the repository root (data: .gpu/fashion-mnist or .gpu/fm-xz, carried):
+# On the GPU machine, from the repository root (data: runs/fm-data.sh):
 #   [MPS=1] MEMBER_FLAGS="--lr ... --channels ..." bash runs/2026-12-07-h100-fashionmnist-v14/run.sh LIMIT_S
 # v14's plan (its FAZIT.md): three 5-member ensembles (seeds 0-2) and three "leave it training" members
 # (twice the epochs, --members 1 --no-test), six processes side by side on the one GPU. MEMBER_FLAGS: the
-# members' recipe when it is not yet train.py's defaults (v13's choice). Every process runs with --resume:
+# members' other flags (v13's choice is train.py's defaults since 2026-12-07). Every process runs with --resume:
 # the next call on the same warm machine keeps the finished members (a member cut by the SIGINT at
 # LIMIT_S is trained again from its start). When all six are complete, ensemble.py's lever table.
 # Records without weights go to $OUT/records.tgz.
@@ -13,9 +13,7 @@ LIMIT=$1; FLAGS=${MEMBER_FLAGS:-}; LONG_EPOCHS=${LONG_EPOCHS:-80}
 W=${WORK:-/tmp/v14}; mkdir -p "$W/logs"
 V=fashionmnist/v14-step6
 DATA=$PWD/.gpu/fashion-mnist
-if [ -d .gpu/fm-xz ] && [ ! -f "$DATA/t10k-labels-idx1-ubyte.gz" ]; then  # see the v13 run.sh
-  mkdir -p "$DATA" && for f in .gpu/fm-xz/*.xz; do xz -dc "$f" | gzip -1 > "$DATA/$(basename "$f" .xz).gz"; done
-fi
+source runs/fm-data.sh  # the data from what the call carried (.gpu/fm-xz, or two halves)
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$W/gpu.txt" 2>&1
 source runs/mps.sh
 Q=${QUICK:+--quick}  # QUICK=1: every code path in minutes on a CPU (a test of this script)
