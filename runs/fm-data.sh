@@ -6,9 +6,11 @@
 # - .gpu/fm-carry-1 and .gpu/fm-carry-2: .gpu/fm-xz as a tar split in two (`bash runs/fm-data.sh split`
 #   here makes them), carried by two consecutive calls on the same warm machine. A call takes 64 MiB
 #   with the tracked tree (51 MB since 2026-12-07's v13 records): 26.4 MB no longer fits, 13 MB does.
-#   Call 1 carries .gpu/fm-carry-1 and runs `true`; call 2 carries .gpu/fm-carry-2 and runs the script.
-# The files are byte-identical to the Debian package's after unpacking (gzip -1 changes only the
-# compressed bytes, which nothing reads: shared/data.py decompresses them).
+#   Call 1 carries .gpu/fm-carry-1 and runs `bash runs/fm-data.sh stash`, which copies its half to
+#   /tmp/fm-parts; call 2 carries .gpu/fm-carry-2 and runs the script. Not the carried folder itself:
+#   on 2026-12-07 call 2 found .gpu/fm-carry-1 gone (a carried path is not kept for the next call),
+#   while /tmp/v13 of one call was there for the next on the same warm machine. The stash is
+#   untested on the device as of that day.
 DATA=${DATA:-$PWD/.gpu/fashion-mnist}
 if [ "${1:-}" = split ]; then  # here, not on the device: make the two halves from the Debian package
   mkdir -p .gpu/fm-xz .gpu/fm-carry-1 .gpu/fm-carry-2
@@ -17,13 +19,16 @@ if [ "${1:-}" = split ]; then  # here, not on the device: make the two halves fr
   done
   tar cf - -C .gpu/fm-xz . | split -b 13500000 - .gpu/fm-split-
   mv .gpu/fm-split-aa .gpu/fm-carry-1/ && mv .gpu/fm-split-ab .gpu/fm-carry-2/ && du -sb .gpu/fm-carry-*
+elif [ "${1:-}" = stash ]; then  # call 1 on the device: keep the first half where call 2 finds it
+  mkdir -p /tmp/fm-parts && cp .gpu/fm-carry-1/fm-split-* /tmp/fm-parts/ && ls -l /tmp/fm-parts
 elif [ ! -f "$DATA/t10k-labels-idx1-ubyte.gz" ]; then
-  if [ ! -d .gpu/fm-xz ] && [ -d .gpu/fm-carry-1 ] && [ -d .gpu/fm-carry-2 ]; then
-    mkdir -p .gpu/fm-xz && cat .gpu/fm-carry-1/fm-split-* .gpu/fm-carry-2/fm-split-* | tar xf - -C .gpu/fm-xz
+  [ -d .gpu/fm-carry-1 ] && mkdir -p /tmp/fm-parts && cp .gpu/fm-carry-1/fm-split-* /tmp/fm-parts/
+  if [ ! -d .gpu/fm-xz ] && [ -f /tmp/fm-parts/fm-split-aa ] && [ -d .gpu/fm-carry-2 ]; then
+    mkdir -p .gpu/fm-xz && cat /tmp/fm-parts/fm-split-aa .gpu/fm-carry-2/fm-split-* | tar xf - -C .gpu/fm-xz
   fi
   if [ -d .gpu/fm-xz ]; then
     mkdir -p "$DATA" && for f in .gpu/fm-xz/*.xz; do xz -dc "$f" | gzip -1 > "$DATA/$(basename "$f" .xz).gz"; done
   fi
-  [ -f "$DATA/t10k-labels-idx1-ubyte.gz" ] || echo "fm-data.sh: no Fashion-MNIST in $DATA: carry .gpu/fm-xz," \
-    "or .gpu/fm-carry-1 in one call and .gpu/fm-carry-2 in the next (runs/fm-data.sh)" >&2
+  [ -f "$DATA/t10k-labels-idx1-ubyte.gz" ] || { echo "fm-data.sh: no Fashion-MNIST in $DATA: carry .gpu/fm-xz," \
+    "or .gpu/fm-carry-1 with 'stash' in one call and .gpu/fm-carry-2 in the next (runs/fm-data.sh)" >&2; false; }
 fi

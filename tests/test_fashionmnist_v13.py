@@ -451,7 +451,7 @@ def test_confirm_runs_the_best_and_the_defaults_and_reads_test_for_the_chosen_on
         def fake_main(argv):
             cfg = search.train.parse_args(argv)  # exit 2 on a flag train.py does not know
             calls.append(cfg)
-            val = 0.90 if cfg.lr == search.train.LEARNING_RATE else 0.93
+            val = 0.90 if cfg.lr == 3e-4 else 0.93  # v12's learning rate: the baseline arm
             return {"status": "completed", "seed": cfg.seed, "best_val_accuracy": val + 0.001 * cfg.seed,
                     "device": "cpu", "config": vars(cfg)}
 
@@ -460,6 +460,10 @@ def test_confirm_runs_the_best_and_the_defaults_and_reads_test_for_the_chosen_on
         with contextlib.redirect_stdout(io.StringIO()) as stdout:
             result = search.main(["--confirm", "1", "--seeds", "0", "1", "--out", str(out), "--device", "cpu"])
     assert len(calls) == 4 and all(not cfg.test and not cfg.quick and cfg.epochs == 40 for cfg in calls)
+    # The baseline is v12's defaults, spelled out: train.py's own defaults are the search's choice now.
+    baseline = [cfg for cfg in calls if "v12-defaults" in str(cfg.out)]
+    assert len(baseline) == 2 and all((cfg.lr, cfg.weight_decay, cfg.erase_probability, cfg.label_smoothing,
+                                       cfg.channels) == (3e-4, 0.05, 0.5, 0.1, 32) for cfg in baseline)
     arm = f"trial-{best['trial']:04d}"
     assert [row["arm"] for row in result["rows"]] == ["v12-defaults", arm] and result["chosen"] == arm
     row = result["rows"][1]

@@ -14,7 +14,7 @@ PHASE=$1; LIMIT=$2
 W=${WORK:-/tmp/v13}; mkdir -p "$W/logs"
 V=fashionmnist/v13-step5
 DATA=$PWD/.gpu/fashion-mnist
-source runs/fm-data.sh  # the data from what the call carried (.gpu/fm-xz, or two halves)
+source runs/fm-data.sh || exit 2  # the data from what the call carried (.gpu/fm-xz, or two halves)
 # The lesson's checks are not what a trial measures: each trial skips the three slow ones
 # (input-independent baseline, overfit test, batch independence); every run still checks the rest.
 TRAIN_FLAGS="--no-input-independent-baseline --no-overfit-test --no-batch-independence-test"

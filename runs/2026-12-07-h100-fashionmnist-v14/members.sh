@@ -13,7 +13,7 @@ LIMIT=$1; FLAGS=${MEMBER_FLAGS:-}; MEMBERS=${MEMBERS:-5}; SEEDS=${SEEDS:-0 1 2} 
 W=${WORK:-/tmp/v14}; mkdir -p "$W/logs"
 V=fashionmnist/v14-step6
 DATA=$PWD/.gpu/fashion-mnist
-source runs/fm-data.sh  # the data from what the call carried (.gpu/fm-xz, or two halves)
+source runs/fm-data.sh || exit 2  # the data from what the call carried (.gpu/fm-xz, or two halves)
 # A member process runs v13's checks except the three slow ones; the ensemble run afterwards runs all.
 SKIP="--no-input-independent-baseline --no-overfit-test --no-batch-independence-test"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$W/gpu.txt" 2>&1

@@ -13,7 +13,7 @@ LIMIT=$1; FLAGS=${MEMBER_FLAGS:-}; LONG_EPOCHS=${LONG_EPOCHS:-80}
 W=${WORK:-/tmp/v14}; mkdir -p "$W/logs"
 V=fashionmnist/v14-step6
 DATA=$PWD/.gpu/fashion-mnist
-source runs/fm-data.sh  # the data from what the call carried (.gpu/fm-xz, or two halves)
+source runs/fm-data.sh || exit 2  # the data from what the call carried (.gpu/fm-xz, or two halves)
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$W/gpu.txt" 2>&1
 source runs/mps.sh
 Q=${QUICK:+--quick}  # QUICK=1: every code path in minutes on a CPU (a test of this script)
