@@ -11,11 +11,11 @@
 # two-part form in runs/fm-data.sh.
 set -eu
 cmd=$1; name=$2
-store=/tmp/carry/$name
+store=${CARRY_STORE:-/tmp/carry}/$name
 case $cmd in
   split)
     src=$2; name=$3; rm -rf .gpu/carry-"$name"-* .gpu/.carry-"$name"; mkdir -p .gpu/.carry-"$name"
-    tar cf - -C "$src" . | split -b 12000000 -d -a 2 - .gpu/.carry-"$name"/part-
+    tar cf - -C "$src" . | split -b "${CARRY_PART_BYTES:-12000000}" -d -a 2 - .gpu/.carry-"$name"/part-
     (cd .gpu/.carry-"$name" && sha256sum part-* > manifest)
     k=0; for part in .gpu/.carry-"$name"/part-*; do
       k=$((k + 1)); mkdir -p .gpu/carry-"$name"-$k && cp "$part" .gpu/.carry-"$name"/manifest .gpu/carry-"$name"-$k/

@@ -12,19 +12,20 @@
 #   while /tmp/v13 of one call was there for the next on the same warm machine. The stash is
 #   untested on the device as of that day.
 DATA=${DATA:-$PWD/.gpu/fashion-mnist}
+FM_PARTS=${FM_PARTS:-/tmp/fm-parts}  # where call 1 leaves its half for call 2
 if [ "${1:-}" = split ]; then  # here, not on the device: make the two halves from the Debian package
   mkdir -p .gpu/fm-xz .gpu/fm-carry-1 .gpu/fm-carry-2
   for f in /usr/share/datasets/fashion-mnist/*.gz; do
     [ -f ".gpu/fm-xz/$(basename "$f" .gz).xz" ] || zcat "$f" | xz -9e -T2 > ".gpu/fm-xz/$(basename "$f" .gz).xz"
   done
-  tar cf - -C .gpu/fm-xz . | split -b 13500000 - .gpu/fm-split-
+  tar cf .gpu/fm-xz.tar -C .gpu/fm-xz . && split -n 2 .gpu/fm-xz.tar .gpu/fm-split- && rm .gpu/fm-xz.tar
   mv .gpu/fm-split-aa .gpu/fm-carry-1/ && mv .gpu/fm-split-ab .gpu/fm-carry-2/ && du -sb .gpu/fm-carry-*
 elif [ "${1:-}" = stash ]; then  # call 1 on the device: keep the first half where call 2 finds it
-  mkdir -p /tmp/fm-parts && cp .gpu/fm-carry-1/fm-split-* /tmp/fm-parts/ && ls -l /tmp/fm-parts
+  mkdir -p $FM_PARTS && cp .gpu/fm-carry-1/fm-split-* $FM_PARTS/ && ls -l $FM_PARTS
 elif [ ! -f "$DATA/t10k-labels-idx1-ubyte.gz" ]; then
-  [ -d .gpu/fm-carry-1 ] && mkdir -p /tmp/fm-parts && cp .gpu/fm-carry-1/fm-split-* /tmp/fm-parts/
-  if [ ! -d .gpu/fm-xz ] && [ -f /tmp/fm-parts/fm-split-aa ] && [ -d .gpu/fm-carry-2 ]; then
-    mkdir -p .gpu/fm-xz && cat /tmp/fm-parts/fm-split-aa .gpu/fm-carry-2/fm-split-* | tar xf - -C .gpu/fm-xz
+  [ -d .gpu/fm-carry-1 ] && mkdir -p $FM_PARTS && cp .gpu/fm-carry-1/fm-split-* $FM_PARTS/
+  if [ ! -d .gpu/fm-xz ] && [ -f $FM_PARTS/fm-split-aa ] && [ -d .gpu/fm-carry-2 ]; then
+    mkdir -p .gpu/fm-xz && cat $FM_PARTS/fm-split-aa .gpu/fm-carry-2/fm-split-* | tar xf - -C .gpu/fm-xz
   fi
   if [ -d .gpu/fm-xz ]; then
     mkdir -p "$DATA" && for f in .gpu/fm-xz/*.xz; do xz -dc "$f" | gzip -1 > "$DATA/$(basename "$f" .xz).gz"; done
