@@ -1036,6 +1036,23 @@ def test_fashionmnist_v13_widened_search_and_confirmation_are_the_records(tmp_pa
         assert r["torch_version"] == "2.11.0+cu130" and r["date"].startswith("2026-12-07") and r["config"]["epochs"] == 40
 
 
+def test_fashionmnist_v13_preflight_time_is_the_record():
+    """What v13's README says a CPU user waits for before the first epoch, from the two preflight records."""
+    record = RUNS / "2026-12-07-cpu-fashionmnist-v13-preflight"
+    runs = {v: json.loads((record / v / "results.json").read_text()) for v in ("v13-step5", "v12-step4")}
+    assert all(r["status"] == "preflight" and r["device"] == "cpu" and r["all_checks_passed"] for r in runs.values())
+    v13, v12 = runs["v13-step5"], runs["v12-step4"]
+    assert (v13["num_parameters"], v12["num_parameters"]) == (1563226, 696042)
+    readme = flat(REPO_ROOT / "fashionmnist" / "v13-step5" / "README.md")
+    assert f"take {v13['checks_time_s']:.0f} s at v13's width (v12's: {v12['checks_time_s']:.0f} s)" in readme
+    share = v13["checks"]["input_independent_baseline"]["seconds"] / v13["checks_time_s"]
+    assert f"{share:.0%} of that time" in readme
+    table = (record / "README.md").read_text()
+    for name, r in (("v13-step5", v13), ("v12-step4", v12)):
+        assert (f"| {r['checks_time_s']:.1f} s | {r['checks']['input_independent_baseline']['seconds']:.1f} s |"
+                in table), name
+
+
 def test_fashionmnist_v13_width_limit_is_the_record():
     """Why v13's search stops at 64 channels: the loss at init per width in the record, as FAZIT.md and
     search.py's SPACE say (96 over loss_at_init's limit for the trial seed, 24-64 under it for every seed)."""
