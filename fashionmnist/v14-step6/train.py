@@ -14,6 +14,7 @@ read before the choice, the ensemble's gain over its members' mean, calibration 
     python train.py --quick       # a two-member ensemble on a small subset: every code path in seconds
     python train.py --preflight   # only the checks; exit code 1 if one fails
     python train.py --resume --out DIR   # go on with the members DIR does not hold yet
+    python train.py --only-member K --out PART   # member K alone (processes side by side), for DIR/members/
     python train.py --help        # every constant below can be overridden
 """
 from __future__ import annotations
