@@ -854,6 +854,23 @@ def test_fashionmnist_v15_cuda_graphs_are_the_records():
     assert f"without its compilation {' and '.join(without_compile)} against {' and '.join(default_without)}" in fazit
 
 
+def test_fashionmnist_v15_full_rows_budget_is_computed_from_the_speed_table():
+    """The cost of the speed table's --full rows (FAZIT section 4) is s/epoch x the row's epochs from the
+    GPU speed-table record, and the cold compilation from compile-s0's record."""
+    record = json.loads((RUNS / "2026-12-06-h100-fashionmnist-v15" / "records" / "speed_table" / "speed_table.json")
+                        .read_text())
+    train = load_version("fashionmnist/v15-speed")
+    seconds = {row["row"]: row["seconds_per_epoch"] * train.parse_args(row["flags"]).epochs for row in record["rows"]}
+    assert sorted(seconds) == list(range(9))
+    per_seed, first_six = sum(seconds.values()), sum(seconds[r] for r in range(6))
+    cold = json.loads((RUNS / "2026-12-06-h100-fashionmnist-v15" / "records" / "compile-s0" / "results.json")
+                      .read_text())["compile_s"]
+    fazit = flat(REPO_ROOT / "fashionmnist" / "v15-speed" / "FAZIT.md")
+    assert f"is about {round(per_seed, -1):,.0f} s per seed (rows 0-5, 40 epochs each" in fazit
+    assert f"are {round(first_six, -1):,.0f} s of it), plus row 8's compilation ({cold:.0f} s cold" in fazit
+    assert f"about {3 * (per_seed + cold) / 60:.0f} minutes of the GPU for three seeds" in fazit
+
+
 def read_losses(path):
     return [loss for line in path.read_text().splitlines() for loss in json.loads(line)["batch_losses"]]
 
