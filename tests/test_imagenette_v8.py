@@ -274,6 +274,54 @@ def test_saved_members_ensembled_again_give_the_same_table(quick, tmp_path):
     assert not (tmp_path / "mix" / "members").exists() and "=== Member" not in stdout
 
 
+def test_member_k_is_the_single_member_run_of_its_seed(quick, tmp_path):
+    """FAZIT.md's side-by-side plan: member 1 of the module's run (--seed 42, member seed 1042) is bit for
+    bit the one member of `--seed 1042 --members 1 --no-test` with the same other flags: train_member
+    re-seeds every generator with the member's seed before the model and builds the member's own loader;
+    what differs before it (the run-level checks on --seed's model and first batch) runs on copies of
+    the model inside rng_untouched, and --no-test only leaves the test labels sealed. The pool of the
+    module's member 0 and that run's member, assembled with --members 0, gives the module's table,
+    choice and test accuracy."""
+    train = load_version(V8)
+    debug_tools = load_version(V8, "debug_tools")
+    seed = quick["results"]["members"][1]["seed"]
+    assert seed == 42 + 1000 * 1
+    single = tmp_path / "single"
+    results, code, stdout, _ = run_main(train, quick_args(quick["data_dir"], single, *FAST, *LEVERS,
+                                                          "--seed", str(seed), "--members", "1", "--no-test"))
+    assert code == 0 and results["status"] == "completed", stdout[-2000:]
+    assert "test_read" not in results and [e["event"] for e in results["events"]] == ["members_trained",
+                                                                                        "choice_made"]
+    ours, theirs = single / "members" / "member-0", quick["out"] / "members" / "member-1"
+    (record, outputs), (expected, expected_outputs) = [
+        (json.loads((f / "results.json").read_text()), torch.load(f / "predictions.pt", weights_only=True))
+        for f in (ours, theirs)]
+    assert (record["seed"], record["member"], expected["seed"], expected["member"]) == (seed, 0, seed, 1)
+
+    def weights(folder):
+        return debug_tools.state_digest(torch.load(folder / "best_model.pth", weights_only=True)["model_state"])
+    assert weights(ours) == weights(theirs)
+    assert record["best_val_accuracy"] == expected["best_val_accuracy"]
+    assert record["best_epoch"] == expected["best_epoch"]
+    for split in ("val", "test"):
+        for which in ("plain", "flipped"):
+            assert torch.equal(outputs[split][which], expected_outputs[split][which]), (split, which)
+    assert outputs["fingerprint"] == expected_outputs["fingerprint"]
+    timeless = [{k: v for k, v in h.items() if "second" not in k} for h in read_jsonl(ours / "history.jsonl")]
+    assert timeless == [{k: v for k, v in h.items() if "second" not in k} for h in read_jsonl(theirs / "history.jsonl")]
+
+    mixed, code, stdout, _ = ensemble_saved(train, quick, tmp_path / "mix", member_folders(quick, 0)[0], str(ours),
+                                            extra=LEVERS)
+    assert code == 0 and mixed["status"] == "completed", stdout[-2000:]
+    assert mixed["ensemble"]["table"] == quick["results"]["ensemble"]["table"]
+    assert (mixed["choice"]["size"], mixed["choice"]["tta"], mixed["choice"]["val_accuracy"]) == (
+        quick["results"]["choice"]["size"], quick["results"]["choice"]["tta"], quick["results"]["choice"]["val_accuracy"])
+    assert mixed["choice"]["best_member"] == quick["results"]["choice"]["best_member"]
+    assert mixed["test_accuracy"] == quick["results"]["test_accuracy"]
+    assert mixed["best_member_test_accuracy"] == quick["results"]["best_member_test_accuracy"]
+    assert mixed["checks"]["members_differ_trained"]["passed"] and mixed["checks"]["test_read_after_choice"]["passed"]
+
+
 def test_one_member_copied_k_times_fails_and_gains_nothing(quick, tmp_path):
     """An ensemble of one member twice: members_differ_trained fails (identical weights, no
     disagreement), the gain is exactly 0 and warned about, the run still finishes."""
