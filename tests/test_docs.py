@@ -953,17 +953,24 @@ def test_fashionmnist_v12_ablation_and_learning_curve_are_the_records(tmp_path, 
     assert f"recorded the same {losses:,} batch losses" in fazit_flat and f"the same {100 * test:.2f}% test" in fazit_flat
 
 
-def test_fashionmnist_v13_search_half_is_the_records(tmp_path, capsys):
-    """v13's FAZIT quotes the first half of the search as search.py --summarise prints it over the trial
-    records, and its reading of the table (learning rates of the best trials, the edge) is what they hold."""
+def summarise_search_records(records, tmp_path, capsys):
+    """search.py --summarise over a copy of a record's trials: its summary and table, the table being
+    the one the record holds (search.md), byte for byte."""
     import shutil
 
-    records = RUNS / "2026-12-06-h100-fashionmnist-v13-search" / "records"
     shutil.copytree(records / "trials", tmp_path / "trials")
     summary = load_version("fashionmnist/v13-step5", "search").main(["--summarise", "--out", str(tmp_path)])
     capsys.readouterr()
     table = (tmp_path / "search.md").read_text()
     assert table == (records / "search.md").read_text()
+    return summary, table
+
+
+def test_fashionmnist_v13_search_half_is_the_records(tmp_path, capsys):
+    """v13's FAZIT quotes the first half of the search as search.py --summarise prints it over the trial
+    records, and its reading of the table (learning rates of the best trials, the edge) is what they hold."""
+    records = RUNS / "2026-12-06-h100-fashionmnist-v13-search" / "records"
+    summary, table = summarise_search_records(records, tmp_path, capsys)
     fazit = (REPO_ROOT / "fashionmnist" / "v13-step5" / "FAZIT.md").read_text()
     fazit_flat = flat(REPO_ROOT / "fashionmnist" / "v13-step5" / "FAZIT.md")
     rows = [line for line in table.splitlines() if line.startswith("| ")]
@@ -989,16 +996,11 @@ def test_fashionmnist_v13_widened_search_and_confirmation_are_the_records(tmp_pa
     """v13's result (FAZIT.md and README.md): the widened search as search.py --summarise prints it over
     the trial records, its reading (width, learning rate, the repeated trials), and the confirmation's
     table, per-seed test figures and missed goal as confirm.json holds them."""
-    import shutil
     import statistics as stats
 
     records = RUNS / "2026-12-07-h100-fashionmnist-v13-widened" / "records"
     first = RUNS / "2026-12-06-h100-fashionmnist-v13-search" / "records"
-    shutil.copytree(records / "trials", tmp_path / "trials")
-    summary = load_version("fashionmnist/v13-step5", "search").main(["--summarise", "--out", str(tmp_path)])
-    capsys.readouterr()
-    table = (tmp_path / "search.md").read_text()
-    assert table == (records / "search.md").read_text()
+    summary, table = summarise_search_records(records, tmp_path, capsys)
     fazit = (REPO_ROOT / "fashionmnist" / "v13-step5" / "FAZIT.md").read_text()
     fazit_flat = flat(REPO_ROOT / "fashionmnist" / "v13-step5" / "FAZIT.md")
     readme_flat = flat(REPO_ROOT / "fashionmnist" / "v13-step5" / "README.md")
