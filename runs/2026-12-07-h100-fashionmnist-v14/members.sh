@@ -10,6 +10,9 @@
 set -u
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 LIMIT=$1; FLAGS=${MEMBER_FLAGS:-}; MEMBERS=${MEMBERS:-5}; SEEDS=${SEEDS:-0 1 2}  # SEEDS="0": one ensemble
+# TOTAL: the whole script's seconds (default 2 x LIMIT); the ensembles get what the members left of it,
+# so that the records are packed before the call's own limit kills everything (10 minutes a call).
+TOTAL=${TOTAL:-$((2 * LIMIT))}
 W=${WORK:-/tmp/v14}; mkdir -p "$W/logs"
 V=fashionmnist/v14-step6
 DATA=$PWD/.gpu/fashion-mnist
@@ -30,6 +33,7 @@ for S in $SEEDS; do
 done
 wait
 echo "members: ${SECONDS} s"
+ENS_LIMIT=$((TOTAL - SECONDS)); [ "$ENS_LIMIT" -ge 30 ] || ENS_LIMIT=30
 for S in $SEEDS; do
   for ((K = 0; K < MEMBERS; K++)); do
     part=$W/parts/seed$S-member$K/members/member-$K
@@ -38,7 +42,7 @@ for S in $SEEDS; do
         && mv "$part" "$W/ens-seed$S/members/"
     fi
   done
-  (cd $V && timeout -s INT "$LIMIT" python train.py $Q --seed $S --members "$MEMBERS" --resume \
+  (cd $V && timeout -s INT "$ENS_LIMIT" python train.py $Q --seed $S --members "$MEMBERS" --resume \
     --out "$W/ens-seed$S" --data-dir "$DATA" $FLAGS) > "$W/logs/ens-seed$S.log" 2>&1 &
 done
 wait
