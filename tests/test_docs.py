@@ -1118,6 +1118,23 @@ def test_fashionmnist_v15_amd_step_breakdown_is_the_record():
     assert "3-4% each" in fazit and [round(g) for g in gains] == [3, 4] and max(gains) < 10
 
 
+def test_fashionmnist_v15_narrower_cpu_try_is_the_record():
+    """The 24-channel try on the AMD CPU (v15's FAZIT and its run README) is what its results.json says."""
+    folder = RUNS / "2026-12-07-cpu-amd-fashionmnist-v15"
+    results = json.loads((folder / "records" / "c24-e8-s0" / "results.json").read_text())
+    assert results["status"] == "completed" and results["device"] == "cpu" and results["cpu_threads"] == 2
+    assert results["config"]["channels"] == 24 and results["epochs_run"] == 8 and results["seed"] == 0
+    assert results["train_time_s"] > 180  # the time goal missed: what both texts say
+    test, val = results["test_accuracy"] * 100, results["best_val_accuracy"] * 100
+    fazit = flat(REPO_ROOT / "fashionmnist" / "v15-speed" / "FAZIT.md")
+    readme = flat(folder / "README.md")
+    assert (f"reached {test:.2f}% test in {results['train_time_s']:.1f} s of training, "
+            f"{results['seconds_per_epoch']:.1f} s per epoch") in fazit
+    assert (f"{test:.2f}% test, {val:.2f}% best validation (epoch {results['best_epoch']}), "
+            f"{results['train_time_s']:.1f} s of training** ({results['seconds_per_epoch']:.1f} s per epoch") in readme
+    assert results["command"].startswith("python train.py --cpu-fast --channels 24 --epochs 8 --seed 0")
+
+
 def test_fashionmnist_v15_other_cpu_numbers_are_the_records():
     """The AMD EPYC paragraph of v15's FAZIT and its run folder's table come from that folder's records."""
     amd = RUNS / "2026-12-06-cpu-amd-fashionmnist-v15" / "records"
