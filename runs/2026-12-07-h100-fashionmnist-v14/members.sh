@@ -54,6 +54,9 @@ for f in "$W"/logs/*.log; do
 done
 (cd $V && python ensemble.py $(for S in $SEEDS; do echo "$W/ens-seed$S"; done) --out "$W/levers") > "$W/logs/levers.txt" 2>&1
 cat "$W/logs/levers.txt"
-# Records without weights or saved outputs; plots small enough to come back (16 MiB per file).
-cd "$W" && find . -type f ! -name '*.pth' ! -name '*.pt' | tar czf "$OUT/records.tgz" -T -
+# Records without weights or saved outputs, in three archives so that each stays under the 16 MiB a
+# returned file may have: the records, the ensembles' plots, the members' plots (fifteen sets).
+cd "$W" && find . -type f ! -name '*.pth' ! -name '*.pt' ! -name '*.png' | tar czf "$OUT/records.tgz" -T -
+find . -type f -name '*.png' ! -path '*/members/*' ! -path './parts/*' | tar czf "$OUT/plots.tgz" -T -
+find . -type f -name '*.png' \( -path '*/members/*' -o -path './parts/*' \) | tar czf "$OUT/plots-members.tgz" -T -
 ls -la "$OUT"
