@@ -77,3 +77,41 @@ def test_fm_data_two_halves_unpack_to_the_packages_files_and_nothing_carried_is_
     for path in FASHION.glob("*.gz"):
         assert gzip.decompress((device / ".gpu" / "fashion-mnist" / path.name).read_bytes()) == \
             gzip.decompress(path.read_bytes())
+
+
+def git(*args, cwd):
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout
+
+
+def test_device_tree_hides_the_records_keeps_the_named_scripts_and_restores_the_index(tmp_path):
+    """runs/device-tree.sh on a scratch repository: while hidden, only the named scripts of runs/ are
+    tracked (what a GPU call sends) and the records stay on disk; restore gives a clean status again."""
+    repo = tmp_path / "repo"
+    (repo / "runs" / "2026-01-01-x" / "records").mkdir(parents=True)
+    (repo / "runs" / "2026-01-01-x" / "records" / "history.jsonl").write_text('{"epoch": 1}\n' * 1000)
+    (repo / "runs" / "2026-01-01-x" / "run.sh").write_text("echo run\n")
+    (repo / "runs" / "mps.sh").write_text("true\n")
+    (repo / "train.py").write_text("print(1)\n")
+    shutil.copy(REPO_ROOT / "runs" / "device-tree.sh", repo / "runs" / "device-tree.sh")
+    git("init", "-q", cwd=repo)
+    git("add", "-A", cwd=repo)
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "records", cwd=repo)
+    tracked = set(git("ls-files", cwd=repo).split())
+    keep = ["runs/2026-01-01-x/run.sh", "runs/mps.sh"]
+    hidden = bash("runs/device-tree.sh", "hide", *keep, cwd=repo, env={})
+    assert hidden.returncode == 0, hidden.stderr
+    assert set(git("ls-files", cwd=repo).split()) == {"train.py", *keep}
+    assert not [line for line in git("status", "--porcelain", cwd=repo).splitlines() if line.startswith("??")]
+    assert (repo / "runs" / "2026-01-01-x" / "records" / "history.jsonl").exists()  # on disk, untouched
+    again = bash("runs/device-tree.sh", "hide", *keep, cwd=repo, env={})
+    assert again.returncode == 1 and "already hidden" in again.stderr
+    restored = bash("runs/device-tree.sh", "restore", cwd=repo, env={})
+    assert restored.returncode == 0, restored.stderr
+    assert set(git("ls-files", cwd=repo).split()) == tracked
+    assert git("status", "--porcelain", "--untracked-files=all", cwd=repo) == ""
+    assert "runs" not in (repo / ".git" / "info" / "exclude").read_text()  # the exclude lines gone too
+    (repo / "runs" / "mps.sh").write_text("false\n")
+    git("add", "runs/mps.sh", cwd=repo)  # a staged change under runs/ would be lost by restore: refused
+    refused = bash("runs/device-tree.sh", "hide", "runs/mps.sh", cwd=repo, env={})
+    assert refused.returncode == 1 and "staged changes" in refused.stderr
+    assert set(git("ls-files", cwd=repo).split()) == tracked
