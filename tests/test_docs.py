@@ -1133,6 +1133,11 @@ def test_fashionmnist_v15_narrower_cpu_try_is_the_record():
     assert (f"{test:.2f}% test, {val:.2f}% best validation (epoch {results['best_epoch']}), "
             f"{results['train_time_s']:.1f} s of training** ({results['seconds_per_epoch']:.1f} s per epoch") in readme
     assert results["command"].startswith("python train.py --cpu-fast --channels 24 --epochs 8 --seed 0")
+    preset = [json.loads(line) for line in (RUNS / "2026-12-06-cpu-amd-fashionmnist-v15" / "records"
+                                            / "preset-s0-interrupted" / "history.jsonl").read_text().splitlines()]
+    faster = 1 - results["seconds_per_epoch"] / statistics.mean(r["seconds"] for r in preset)
+    assert f"only {faster:.0%} faster than the preset's first two" in fazit
+    assert f"only {faster:.0%} faster than the 32-channel preset's" in readme
 
 
 def test_fashionmnist_v15_other_cpu_numbers_are_the_records():
