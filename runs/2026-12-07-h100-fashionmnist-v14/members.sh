@@ -33,6 +33,8 @@ for S in $SEEDS; do
 done
 wait
 echo "members: ${SECONDS} s"
+# The members' records at once, so that a call cut during the ensembles still brings them back.
+(cd "$W" && find . -type f ! -name '*.pth' ! -name '*.pt' ! -name '*.png' | tar czf "$OUT/records.tgz" -T -)
 ENS_LIMIT=$((TOTAL - SECONDS)); [ "$ENS_LIMIT" -ge 30 ] || ENS_LIMIT=30
 for S in $SEEDS; do
   for ((K = 0; K < MEMBERS; K++)); do
