@@ -1163,3 +1163,36 @@ def test_fashionmnist_v15_other_cpu_numbers_are_the_records():
         speed = f" ({xeon_value:.2f}x)" if xeon_value else ""
         xeon_speed = f" ({xeon_rows[3] / xeon_rows[row]:.2f}x)" if xeon_value else ""
         assert f"| {rows[row]:.2f} s/epoch{speed} | {xeon_rows[row]:.2f} s/epoch{xeon_speed} |" in readme
+
+
+def test_fashionmnist_v14_cut_gpu_run_is_what_its_readme_says():
+    """v14's one GPU call of 2026-12-07 (cut, no member finished): the rate and the bitwise claim."""
+    import gzip
+    folder = RUNS / "2026-12-07-h100-fashionmnist-v14"
+    records = folder / "records-2026-12-07-cut"
+    readme = flat(folder / "README.md")
+    means, epochs, best = [], [], []
+    for k in range(3):
+        results = json.loads((records / f"seed0-member{k}" / "results.json").read_text())
+        assert results["status"] == "interrupted" and "H100" in results["device"]
+        assert f"--only-member {k}" in results["command"] and results["torch_version"] == "2.11.0+cu130"
+        with gzip.open(records / f"seed0-member{k}" / "history.jsonl.gz", "rt") as lines:
+            history = [json.loads(line) for line in lines]
+        means.append(statistics.mean(r["seconds"] for r in history))
+        epochs.append(len(history))
+        best.append(max(r["val_accuracy"] for r in history) * 100)
+        assert all(r["epoch"] < 40 for r in history)  # cut before the end: "no member completed"
+    assert f"after {epochs[0]}, {epochs[1]} and {epochs[2]} of their 40 epochs" in readme
+    assert f"so far {best[0]:.2f}, {best[1]:.2f} and {best[2]:.2f}%" in readme
+    assert f"(means {means[0]:.2f}, {means[1]:.2f}, {means[2]:.2f} s;" in readme
+    assert f"about {sum(1 / m for m in means):.2f} epochs per second" in readme
+    ensemble = json.loads((records / "ens-seed0" / "results.json").read_text())
+    assert ensemble["status"] == "interrupted" and "--resume" in ensemble["command"]
+    with gzip.open(records / "ens-seed0" / "member-0-history.jsonl.gz", "rt") as lines:
+        in_ensemble = [json.loads(line) for line in lines]
+    with gzip.open(records / "seed0-member0" / "history.jsonl.gz", "rt") as lines:
+        alone = [json.loads(line) for line in lines]
+    assert len(in_ensemble) == 2  # "cut after two epochs"
+    for a, b in zip(in_ensemble, alone):  # "the same 430 batch losses in both epochs they share"
+        assert a["batch_losses"] == b["batch_losses"] and len(a["batch_losses"]) == 430
+        assert a["train_loss"] == b["train_loss"] and a["val_accuracy"] == b["val_accuracy"]
