@@ -4,6 +4,7 @@ in the guide's code blocks uses a script and flags that exist; every Markdown li
 from __future__ import annotations
 
 import contextlib
+import gzip
 import importlib.util
 import io
 import json
@@ -1167,7 +1168,6 @@ def test_fashionmnist_v15_other_cpu_numbers_are_the_records():
 
 def test_fashionmnist_v14_cut_gpu_run_is_what_its_readme_says():
     """v14's one GPU call of 2026-12-07 (cut, no member finished): the rate and the bitwise claim."""
-    import gzip
     folder = RUNS / "2026-12-07-h100-fashionmnist-v14"
     records = folder / "records-2026-12-07-cut"
     readme = flat(folder / "README.md")
