@@ -203,7 +203,14 @@ def test_a_dataloader_decoding_on_the_cpu_is_data_bound_and_tensors_on_the_devic
 def test_a_tiny_batch_is_overhead_bound_and_the_runs_batch_is_compute_bound(v15):
     # --cpu-fast's cheaper model (the full one at 28x28 costs ~3 ms per image on a CPU core: there
     # even a batch of 4 is mostly arithmetic, and the profile says so)
-    clean = profile(v15, channels=16, stem_stride=2, batch_size=128)
+    # Both verdicts rest on short timed windows, and the other test worker's load lands in them: at 3
+    # steps per window the clean profile read a fixed cost of 55% once in CI (idle: 14-21%, loaded: 7-67%
+    # over four tries). 8 steps and up to three profiles, as for the planted one below: noise can hide
+    # the arithmetic once, not three times.
+    for _ in range(3):
+        clean = profile(v15, channels=16, stem_stride=2, batch_size=128, steps=8)
+        if clean.details["verdict"] == "compute-bound":
+            break
     # A narrower net than --cpu-fast's and more steps: under a second test worker's load, channels 16
     # at batch 4 measured a fixed cost of 41% (the verdict's line is 50%); 4 channels leave ~nothing
     # but the per-step overhead.
