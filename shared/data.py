@@ -16,6 +16,7 @@ import gzip
 import hashlib
 import os
 import shutil
+import zlib
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -88,8 +89,16 @@ def _torchvision_root(raw_dir: Path, unpack_root: Path) -> tuple[Path, str]:
         if (raw_dir / name).is_file():
             shutil.copyfile(raw_dir / name, tmp)
         else:
-            with gzip.open(raw_dir / f"{name}.gz", "rb") as src, open(tmp, "wb") as dst:
-                shutil.copyfileobj(src, dst)
+            packed = raw_dir / f"{name}.gz"
+            try:
+                with gzip.open(packed, "rb") as src, open(tmp, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+            except (EOFError, zlib.error, gzip.BadGzipFile) as err:  # a cut download, a broken copy
+                tmp.unlink(missing_ok=True)
+                raise DataNotFoundError(
+                    f"{packed} is corrupt or truncated ({type(err).__name__}: {err}). Get a fresh copy of it "
+                    "(Debian: sudo apt-get install --reinstall dataset-fashion-mnist), or pass --data-dir "
+                    "to a folder with intact files.") from None
         tmp.replace(out)  # atomic: an interrupted unpack never leaves a truncated file behind
     return unpack_root, ("unpacked into " if unpacked else "unpacked earlier into ") + str(target)
 

@@ -1,6 +1,7 @@
 """Bad input for fashionmnist/v9-step1 and v10-step2: missing data, wrong flags, an
 unwritable output folder and a diverging run each end with a clear message, the
-documented exit code, no traceback, and nothing already written lost."""
+documented exit code, no traceback, and nothing already written lost. A corrupt .gz
+file (shared/data.py unpacks it for every version) is tried on every version."""
 from __future__ import annotations
 
 import json
@@ -10,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from conftest import load_version
+from conftest import REPO_ROOT, load_version
 from fmnist_helpers import (  # noqa: F401  (fixtures)
     V9,
     V10,
@@ -201,3 +202,55 @@ def test_divergence_after_some_epochs_keeps_history_and_checkpoint(version, gene
     assert results["checks"]["loss_at_init"]["passed"] is True  # the verdicts before training are kept too
     err = capsys.readouterr().err
     assert f"epochs done: {failed_epoch - 1}" in err and "Traceback" not in err
+
+
+@pytest.fixture(scope="module")
+def packed_data(tmp_path_factory):
+    """The generated set as Debian ships the real one: four .gz files side by side."""
+    import gzip
+
+    from fmnist_helpers import write_generated_fashion_mnist
+
+    raw = write_generated_fashion_mnist(tmp_path_factory.mktemp("plain")) / "FashionMNIST" / "raw"
+    packed = tmp_path_factory.mktemp("packed")
+    for path in raw.iterdir():
+        (packed / f"{path.name}.gz").write_bytes(gzip.compress(path.read_bytes()))
+    return packed
+
+
+def corrupt_copy(packed, tmp_path, how):
+    folder = tmp_path / f"corrupt-{how}"
+    folder.mkdir()
+    for path in packed.iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+    bad = folder / "train-images-idx3-ubyte.gz"
+    data = bad.read_bytes()
+    bad.write_bytes(data[: len(data) // 2] if how == "truncated" else b"<html>404 Not Found</html>" * 40)
+    return bad
+
+
+def test_intact_gz_files_unpack_into_the_cache(packed_data, no_data_anywhere):
+    """The control for the test below: the same files, uncut, are found and unpacked."""
+    import shared.data
+
+    root = shared.data.fashion_mnist_root(packed_data)
+    assert sorted(p.name for p in (root / "FashionMNIST" / "raw").iterdir()) == sorted(shared.data.FASHION_MNIST_FILES)
+
+
+FASHION_VERSIONS = sorted(str(p.relative_to(p.parents[1])) for p in (REPO_ROOT / "fashionmnist").glob("v*")
+                          if (p / "train.py").is_file())
+
+
+@pytest.mark.parametrize("how", ["truncated", "not gzip"])
+@pytest.mark.parametrize("version", FASHION_VERSIONS)
+def test_a_corrupt_gz_file_exits_2_naming_it(version, how, packed_data, no_data_anywhere, tmp_path, capsys):
+    """A cut download or an HTML error page saved as .gz: every version says which file is broken and
+    how to get a good one (exit 2, no traceback), and leaves no half-unpacked file in the cache."""
+    bad = corrupt_copy(packed_data, tmp_path, how)
+    train = load_version(version)
+    assert run_main(train, ["--quick", "--device", "cpu", "--out", str(tmp_path / "out"),
+                            "--data-dir", str(bad.parent)]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad} is corrupt or truncated" in err and "--reinstall dataset-fashion-mnist" in err
+    assert "Traceback" not in err
+    assert not [p for p in no_data_anywhere.rglob("*") if p.is_file()]  # no .partial, no truncated idx file
