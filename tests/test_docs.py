@@ -1201,6 +1201,55 @@ def test_fashionmnist_v15_other_cpu_numbers_are_the_records():
         assert f"| {rows[row]:.2f} s/epoch{speed} | {xeon_rows[row]:.2f} s/epoch{xeon_speed} |" in readme
 
 
+def test_fashionmnist_v14_cpu_scale_ensemble_is_the_record():
+    """v14's one ensemble at CPU scale (FAZIT, v14 README, track table, run README): the table, the
+    choice, the test reads and the calibration are what its results.json says."""
+    folder = RUNS / "2026-12-07-cpu-amd-fashionmnist-v14-small"
+    r = json.loads((folder / "records" / "c16-e6-m5-s0" / "results.json").read_text())
+    assert r["status"] == "completed" and r["device"] == "cpu" and r["config"]["channels"] == 16
+    assert r["config"]["epochs"] == 6 and len(r["members"]) == 5 and r["all_checks_passed"]
+    assert [e["event"] for e in r["events"]] == ["members_trained", "choice_made", "test_read"]
+    for k in range(5):  # every member's own record is there and completed
+        member = json.loads((folder / "records" / "c16-e6-m5-s0" / "members" / f"member-{k}" / "results.json")
+                            .read_text())
+        assert member["status"] == "completed" and member["seed"] == r["members"][k]["seed"] == 1000 * k
+    readme, fazit = flat(folder / "README.md"), flat(REPO_ROOT / "fashionmnist" / "v14-step6" / "FAZIT.md")
+    pct = lambda x: f"{100 * x:.2f}%"  # noqa: E731
+    for row in r["ensemble"]["table"]:
+        assert (f"| {row['size']} | {'flip' if row['tta'] else '-'} | {pct(row['val_accuracy'])} | "
+                f"{pct(row['members_mean'])} | {100 * row['gain']:+.2f} | {pct(row['disagreement'])} | "
+                f"{row['ece']:.4f} |") in readme
+    plain = [row for row in r["ensemble"]["table"] if not row["tta"] and row["size"] > 1]
+    gains, disagree = sorted(100 * row["gain"] for row in plain), sorted(100 * row["disagreement"] for row in plain)
+    for text in (readme, fazit):
+        assert f"gain{'s' if text is readme else 'ed'} {gains[0]:.2f}-{gains[-1]:.2f} points over" in text
+        assert f"{disagree[0]:.1f}-{disagree[-1]:.1f}% of the images disagreed on" in text
+    single = {row["tta"]: row["val_accuracy"] for row in r["ensemble"]["table"] if row["size"] == 1}
+    assert f"flip TTA add{'s' if 'adds' in readme else 'ed'} {100 * (single[True] - single[False]):.2f} points to one member" \
+        in readme and f"flip TTA added {100 * (single[True] - single[False]):.2f} points to one member" in fazit
+    choice = r["choice"]
+    assert choice["size"] == 5 and choice["tta"] and f"five members with flip TTA ({pct(choice['val_accuracy'])})" in fazit
+    ensemble, best = r["test_accuracy"], r["best_member_test_accuracy"]
+    for text in (readme, fazit):
+        assert f"{pct(ensemble)} for the ensemble against {pct(best)} for the best member" in text
+    assert f"+{100 * (ensemble - best):.2f} points" in readme
+    assert f"ensemble 0.56 points above its best member" in flat(REPO_ROOT / "fashionmnist" / "v14-step6" / "README.md")
+    assert f"{100 * (ensemble - best):.2f}" == "0.56"
+    assert f"{pct(ensemble)} for one ensemble of 5" in flat(REPO_ROOT / "fashionmnist" / "README.md")
+    c = r["calibration"]
+    assert (f"ECE {c['validation']['best_member']['ece']:.3f} for the best member on validation and "
+            f"{c['validation']['ensemble']['ece']:.3f} for the ensemble, {c['test']['best_member']['ece']:.3f} and "
+            f"{c['test']['ensemble']['ece']:.3f} on test") in readme
+    assert (f"ECE {c['validation']['best_member']['ece']:.3f} for the best member and "
+            f"{c['validation']['ensemble']['ece']:.3f} for the ensemble on validation") in fazit
+    assert f"ran the whole pipeline on the real data in {r['wall_time_s']:,.0f} s" in fazit
+    assert f"{r['wall_time_s']:,.0f} s for the whole run" in readme
+    assert f"{r['num_parameters']:,} parameters" in readme and f"{r['num_parameters']:,} parameters" in fazit
+    times = [m["train_time_s"] for m in r["members"]]
+    vals = [m["best_val_accuracy"] for m in r["members"]]
+    assert f"{min(times):.0f}-{max(times):.0f} s of training each" in readme
+    assert f"Best validation accuracy of the members {pct(min(vals))}-{pct(max(vals))}" in readme
+
 def test_fashionmnist_v14_cut_gpu_run_is_what_its_readme_says():
     """v14's one GPU call of 2026-12-07 (cut, no member finished): the rate and the bitwise claim."""
     folder = RUNS / "2026-12-07-h100-fashionmnist-v14"
